@@ -1,0 +1,119 @@
+"""Why a build failed, from its log.  Pure logic: text in, diagnosis out."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    kind: str          # stable identifier, e.g. "kernel-api"
+    cause: str         # short sentence for a person
+    hint: str          # what to do about it
+    first_error: str   # the first line of the log that says what went wrong
+
+
+# Markers nvkmd itself writes into the log, so its own failures diagnose too.
+MARK_TIMEOUT = "nvkmd: build timed out after"
+MARK_KILLED = "nvkmd: build killed by signal"
+MARK_CANCELLED = "nvkmd: build cancelled"
+MARK_SIGN = "nvkmd: signing failed:"
+MARK_DEPMOD = "nvkmd: depmod failed:"
+MARK_HEADERS = "nvkmd: headers missing:"
+MARK_COMPILER = "nvkmd: compiler missing:"
+MARK_NOSPACE = "nvkmd: no space left:"
+MARK_INSTALL = "nvkmd: install failed:"
+
+_Q = "['‘’\"`]"        # gcc quotes names with ' or ‘ depending on locale
+_NAME = r"([A-Za-z_][A-Za-z0-9_]*)"
+
+# (kind, regex, cause template, hint); the first rule that matches wins,
+# so rules for conditions that cause other errors come first.
+RULES: tuple[tuple[str, str, str, str], ...] = (
+    ("timeout", re.escape(MARK_TIMEOUT) + r".*", "the build timed out",
+     "the build took longer than build.timeout_s; raise it on a slow machine"),
+    ("cancelled", re.escape(MARK_CANCELLED) + r".*", "the build was cancelled", "build it again when ready"),
+    ("disk-full", r"(No space left on device|" + re.escape(MARK_NOSPACE) + r").*",
+     "out of disk space", "free space under the cache, log and /lib/modules directories, then rebuild"),
+    ("killed", r"(Killed signal terminated program.*|.*\bKilled\b.*|.*Out of memory.*|"
+     + re.escape(MARK_KILLED) + r".*)",
+     "the compiler was killed (out of memory?)", "lower build.jobs or free memory, then rebuild"),
+    ("headers-missing", r"(" + re.escape(MARK_HEADERS) + r".*|.*kernel source tree.*not found.*|"
+     r".*/build/Makefile: No such file.*|.*No targets specified and no makefile found.*)",
+     "kernel headers are missing", "install the headers package for this kernel"),
+    ("llvm-missing", r".*\b(clang|ld\.lld|llvm-[a-z]+)\b.*(not found|No such file).*",
+     "the kernel was built with clang/lld, which is not installed",
+     "install clang and lld (the versions the kernel names in CONFIG_CC_VERSION_TEXT)"),
+    ("compiler-missing", r"(" + re.escape(MARK_COMPILER) + r".*|.*Unable to locate the compiler.*|"
+     r".*\b(gcc[-0-9.]*|cc)\b.*(Command not found|not found|No such file or directory).*)",
+     "the compiler the kernel was built with is not installed",
+     "install the compiler named in the kernel's CONFIG_CC_VERSION_TEXT"),
+    ("compiler-mismatch", r".*(compiler differs from the one used to build the kernel|"
+     r"unrecognized command[- ]line option|cc_version_check|The kernel was built by).*",
+     "the compiler does not match the one the kernel was built with",
+     "install the compiler version named in the kernel's CONFIG_CC_VERSION_TEXT"),
+    ("unsupported", r".*(sanity check failed|is not supported|PREEMPT_RT kernel|"
+     r"Failed .* sanity check).*",
+     "the driver source refuses this kernel",
+     "this driver version does not support this kernel; use a newer driver or another kernel"),
+    ("gpl-only", r".*(GPL-incompatible module|uses GPL-only symbol).*",
+     "the module uses a GPL-only kernel symbol",
+     "use the open kernel modules (nvidia-open), or a driver release that supports this kernel"),
+    ("modpost-undefined", r".*ERROR: modpost: .*undefined!.*",
+     "modpost found an undefined symbol", "the headers do not match the kernel, or the driver "
+     "source does not support it; reinstall the headers or update the driver"),
+    ("signing-failed", re.escape(MARK_SIGN) + r".*", "signing the module failed",
+     "check signing.key and signing.cert"),
+    ("depmod-failed", re.escape(MARK_DEPMOD) + r".*", "depmod failed",
+     "run depmod by hand to see why; the previous module was kept"),
+    ("install-failed", re.escape(MARK_INSTALL) + r".*", "installing the module failed",
+     "see the log; the previous module was kept"),
+)
+
+_API = (
+    (rf"too (?:few|many) arguments to function {_Q}{_NAME}", "the arguments of {name}() changed"),
+    (rf"implicit declaration of function {_Q}{_NAME}", "{name}() no longer exists"),
+    (rf"{_Q}(?:struct |union )?([A-Za-z_][A-Za-z0-9_ ]*?){_Q} has no member named {_Q}{_NAME}",
+     "struct {name} changed"),
+    (rf"passing argument \d+ of {_Q}{_NAME}{_Q} from incompatible pointer type",
+     "the signature of {name}() changed"),
+    (rf"incompatible pointer type.*{_Q}{_NAME}", "the type of {name} changed"),
+    (rf"initialization of .* from incompatible pointer type", "a callback signature changed"),
+)
+
+_ERROR_LINE = re.compile(r"(\berror:|\bError \d+|^ERROR:|\*\*\*|^nvkmd: )")
+
+
+def _first_error(lines: list[str]) -> str:
+    for line in lines:
+        if _ERROR_LINE.search(line) and "Error 1" not in line and "Error 2" not in line:
+            return line.strip()
+    for line in lines:
+        if _ERROR_LINE.search(line):
+            return line.strip()
+    return ""
+
+
+def diagnose(log: str) -> Diagnosis:
+    lines = log.splitlines()
+    for kind, pattern, cause, hint in RULES:
+        rx = re.compile(pattern)
+        for line in lines:
+            if rx.search(line):
+                return Diagnosis(kind, cause, hint, line.strip())
+    for line in lines:
+        if "error:" not in line:
+            continue
+        for pattern, what in _API:
+            m = re.search(pattern, line)
+            if m:
+                name = m.group(m.lastindex or 1).strip()
+                return Diagnosis(
+                    "kernel-api",
+                    f"the driver source does not support this kernel's API: {what.format(name=name)}",
+                    "this kernel changed an interface the driver uses; use a driver release "
+                    "that supports it, or boot a kernel the driver supports",
+                    line.strip())
+    first = _first_error(lines)
+    return Diagnosis("unknown", "the build failed", "read the log for the first error", first)

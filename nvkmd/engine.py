@@ -1,0 +1,172 @@
+"""The build engine: one kernel, one source, one result a person can act on.
+
+``Engine.build`` runs the whole pipeline for one kernel: preflight, the
+per-kernel lock, a private build tree, ``make`` with progress, the product
+cache, the atomic install and the log.  It reports through callbacks and
+return values only; it knows nothing of queues, D-Bus or systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import diagnose
+from .buildlog import BuildLog
+from .cache import ProductCache, build_key
+from .config import Config
+from .diagnose import Diagnosis
+from .errors import ErrorCode, NvkmdError
+from .install import InstallError, install, read_manifest, recover
+from .kbuild import make_vars, prepare_tree, run_make
+from .kernels import Kernel
+from .locks import kernel_lock
+from .paths import Paths
+from .progress import Progress
+from .source import Source
+
+RESULTS = ("success", "failed", "cancelled", "up-to-date")
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    kernel: str
+    result: str                      # one of RESULTS
+    version: str
+    log: Path | None = None
+    diagnosis: Diagnosis | None = None
+    from_cache: bool = False
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("success", "up-to-date")
+
+
+def module_is_current(kernel: Kernel, source: Source) -> bool:
+    """nvkmd's modules for ``kernel`` were built from exactly ``source``."""
+    m = read_manifest(kernel)
+    if not m or m.get("version") != source.version or m.get("digest") != source.digest:
+        return False
+    return all(any(kernel.nvkmd_dir.glob(f"{name}.ko*")) for name in m.get("modules", []))
+
+
+class Engine:
+    def __init__(self, paths: Paths, config: Config,
+                 after_install: Callable[[Kernel], None] | None = None,
+                 on_critical: Callable[[bool], None] | None = None):
+        self.paths = paths
+        self.config = config
+        self.cache = ProductCache(paths.products_root, config.build_cache_keep)
+        self.after_install = after_install
+        self.on_critical = on_critical or (lambda entering: None)
+
+    @property
+    def jobs(self) -> int:
+        return self.config.build_jobs or os.cpu_count() or 1
+
+    async def build(self, release: str, source: Source, *, force: bool = False,
+                    on_progress: ProgressFn = lambda p: None) -> Outcome:
+        kernel = Kernel(self.paths, release)
+        if not force and module_is_current(kernel, source):
+            return Outcome(release, "up-to-date", source.version)
+        async with kernel_lock(self.paths, release):
+            return await self._build_locked(kernel, source, on_progress)
+
+    async def _build_locked(self, kernel: Kernel, source: Source, on_progress: ProgressFn) -> Outcome:
+        started = time.monotonic()
+        recover(kernel)
+        toolchain = kernel.toolchain if kernel.headers else None
+        log = BuildLog(self.paths.log_dir,
+                       kernel.release, self.config.logs_keep)
+        try:
+            log.open({
+                "kernel": kernel.release,
+                "source": f"{source.origin} ({source.kind})",
+                "tree": str(source.tree),
+                "version": source.version,
+                "toolchain": toolchain.describe() if toolchain else "unknown (no headers)",
+                "command": " ".join(["make", f"-j{self.jobs}", *make_vars(kernel), "modules"])
+                           if toolchain else "(none)",
+            })
+        except NvkmdError as e:
+            # No log can be written: still say why, in the outcome itself.
+            kind = "disk-full" if e.code is ErrorCode.DISK_FULL else "unknown"
+            d = diagnose.diagnose(f"{diagnose.MARK_NOSPACE} {e.message}") if kind == "disk-full" \
+                else Diagnosis("unknown", "cannot write the build log", "check the log directory", e.message)
+            return Outcome(kernel.release, "failed", source.version, None, d,
+                           elapsed_s=time.monotonic() - started)
+
+        result, from_cache = "failed", False
+        try:
+            from_cache = await self._produce_and_install(kernel, source, log, on_progress)
+            result = "success"
+        except asyncio.CancelledError:
+            result = "cancelled"
+            raise
+        except NvkmdError as e:
+            log.write(e.message if e.message.startswith("nvkmd:") else f"nvkmd: {e.message}")
+        finally:
+            elapsed = time.monotonic() - started
+            log.close(result, elapsed, {"from cache": "yes"} if from_cache else None)
+        if result == "success":
+            on_progress(Progress("done", 100))
+            return Outcome(kernel.release, "success", source.version, log.path, None, from_cache, elapsed)
+        text = log.text()
+        if log.failed_write:
+            text += f"\n{diagnose.MARK_NOSPACE} {log.failed_write.message}"
+        return Outcome(kernel.release, "failed", source.version, log.path,
+                       diagnose.diagnose(text), False, elapsed)
+
+    async def _produce_and_install(self, kernel: Kernel, source: Source, log: BuildLog,
+                                   on_progress: ProgressFn) -> bool:
+        if kernel.headers is None:
+            raise NvkmdError(ErrorCode.HEADERS_MISSING, f"{diagnose.MARK_HEADERS} {kernel.build_link} "
+                             "does not lead to a tree with a Makefile and .config")
+        missing = kernel.toolchain.missing()
+        if missing:
+            raise NvkmdError(ErrorCode.BUILD_FAILED, f"{diagnose.MARK_COMPILER} {', '.join(missing)} "
+                             f"not found (the kernel was built with {kernel.toolchain.text or 'gcc'})")
+        key = build_key(kernel, source)
+        products = self.cache.lookup(kernel.release, key)
+        from_cache = products is not None
+        build_dir = self.paths.build_root / source.version / kernel.release
+        if products is not None:
+            log.write(f"nvkmd: inputs unchanged (key {key}); installing from the cache {products}")
+        else:
+            on_progress(Progress("prepare", 0))
+            await asyncio.to_thread(prepare_tree, source, build_dir)
+            rc = await run_make(kernel, source, build_dir, self.jobs, self.config.build_timeout_s,
+                                log.write, on_progress)
+            if rc != 0:
+                raise NvkmdError(ErrorCode.BUILD_FAILED, f"make exited with status {rc}")
+            if self.config.build_cache_keep > 0:
+                try:
+                    products = await asyncio.to_thread(self.cache.store, kernel.release, key, build_dir)
+                except OSError as e:
+                    log.write(f"nvkmd: warning: cannot keep the build in the cache: {e}")
+            products = products or build_dir
+        on_progress(Progress("install", 99))
+        signing = (str(self.paths.at(self.config.signing_key)), str(self.paths.at(self.config.signing_cert))) \
+            if self.config.signing_key else None
+        manifest = {"kernel": kernel.release, "version": source.version, "digest": source.digest,
+                    "key": key, "source": str(source.origin), "kind": source.kind}
+        try:
+            await asyncio.to_thread(install, kernel, products, manifest,
+                                    strip=self.config.install_strip, signing=signing, log=log.write,
+                                    on_critical=self.on_critical)
+        except InstallError as e:
+            raise NvkmdError(e.code, e.message if e.message.startswith(e.marker) else
+                             f"{e.marker} {e.message}") from None
+        if products != build_dir:
+            shutil.rmtree(build_dir, ignore_errors=True)
+        if self.after_install:
+            await asyncio.to_thread(self.after_install, kernel)
+        return from_cache

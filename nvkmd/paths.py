@@ -1,0 +1,157 @@
+"""Every system path nvkmd touches, resolved in one place.
+
+A ``Paths`` is built from a root prefix (``--root``, default ``/``), the
+configuration and systemd's ``STATE_DIRECTORY`` / ``LOGS_DIRECTORY`` /
+``CACHE_DIRECTORY``.  Paths written in the configuration are read inside
+the root, so a test root or a demo root is a complete, separate system.
+No other module spells an absolute system path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from .config import Config
+
+DEFAULT_CONFIG = "etc/nvkmd/nvkmd.toml"
+RUNNING_KERNEL_ENV = "NVKMD_RUNNING_KERNEL"
+
+
+def under(root: Path, path: str) -> Path:
+    """``path`` (absolute, as the configuration spells it) inside ``root``."""
+    return root / path.lstrip("/")
+
+
+def _systemd_dir(env: str) -> Path | None:
+    # systemd passes a colon-separated list; the first entry is ours.
+    value = os.environ.get(env, "").split(":")[0]
+    return Path(value) if value else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    root: Path
+    config_file: Path
+    log_dir: Path
+    state_dir: Path
+    cache_dir: Path
+
+    @classmethod
+    def build(cls, root: str | Path = "/", config_file: str | Path | None = None,
+              config: Config | None = None) -> "Paths":
+        root = Path(root).resolve()
+        cfile = Path(config_file) if config_file else under(root, DEFAULT_CONFIG)
+        config = config or Config()
+        root_is_system = root == Path("/")
+        # systemd's directories apply to the real system only: a test root
+        # under a running service must not write into the service's dirs.
+        def pick(configured: str, env: str, default: str) -> Path:
+            if configured:
+                return under(root, configured)
+            if root_is_system and (d := _systemd_dir(env)):
+                return d
+            return under(root, default)
+        state = pick(config.state_dir, "STATE_DIRECTORY", "var/lib/nvkmd")
+        cache = (_systemd_dir("CACHE_DIRECTORY") if root_is_system and not config.state_dir
+                 else None) or state / "cache"
+        return cls(
+            root=root,
+            config_file=cfile,
+            log_dir=pick(config.logs_dir, "LOGS_DIRECTORY", "var/log/nvkmd"),
+            state_dir=state,
+            cache_dir=cache,
+        )
+
+    def at(self, path: str) -> Path:
+        """A path of the managed system, e.g. ``paths.at("/etc/os-release")``."""
+        return under(self.root, path)
+
+    # -- kernels -----------------------------------------------------------
+    @property
+    def modules_dirs(self) -> list[Path]:
+        """``lib/modules`` and, on merged-/usr systems, ``usr/lib/modules``,
+        without the duplicate when one is a link to the other."""
+        seen: set[Path] = set()
+        out: list[Path] = []
+        for d in (self.at("lib/modules"), self.at("usr/lib/modules")):
+            key = d.resolve() if d.exists() else d
+            if key not in seen:
+                seen.add(key)
+                out.append(d)
+        return out
+
+    @property
+    def modules_dir(self) -> Path:
+        """The modules directory new kernels appear in."""
+        for d in self.modules_dirs:
+            if d.is_dir():
+                return d
+        return self.modules_dirs[0]
+
+    def kernel_dir(self, release: str) -> Path:
+        for d in self.modules_dirs:
+            if (d / release).is_dir():
+                return d / release
+        return self.modules_dir / release
+
+    def running_kernel(self) -> str:
+        return os.environ.get(RUNNING_KERNEL_ENV) or os.uname().release
+
+    # -- sources -----------------------------------------------------------
+    @property
+    def src_dir(self) -> Path:
+        return self.at("usr/src")
+
+    @property
+    def debian_source_tarball(self) -> Path:
+        return self.src_dir / "nvidia-open-kernel.tar.xz"
+
+    # -- package databases -------------------------------------------------
+    @property
+    def dpkg_dir(self) -> Path:
+        return self.at("var/lib/dpkg")
+
+    @property
+    def pacman_dir(self) -> Path:
+        return self.at("var/lib/pacman")
+
+    @property
+    def rpm_dirs(self) -> list[Path]:
+        return [self.at("var/lib/rpm"), self.at("usr/lib/sysimage/rpm")]
+
+    # -- the rest of the system ---------------------------------------------
+    @property
+    def firmware_dir(self) -> Path:
+        return self.at("lib/firmware")
+
+    @property
+    def boot_dir(self) -> Path:
+        return self.at("boot")
+
+    @property
+    def efivars_dir(self) -> Path:
+        return self.at("sys/firmware/efi/efivars")
+
+    @property
+    def library_dirs(self) -> list[Path]:
+        return [self.at(p) for p in ("usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu",
+                                      "usr/lib64", "usr/lib")]
+
+    # -- nvkmd's own files ---------------------------------------------------
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "nvkmd.sqlite3"
+
+    @property
+    def build_root(self) -> Path:
+        return self.cache_dir / "build"
+
+    @property
+    def products_root(self) -> Path:
+        return self.cache_dir / "products"
+
+    @property
+    def unpacked_sources(self) -> Path:
+        return self.cache_dir / "sources"
