@@ -1,0 +1,152 @@
+"""Plain data shared by the core and its adapters (D-Bus, CLI, agent).
+
+The core produces these; the D-Bus adapter serialises them (``to_dict``
+gives JSON-ready dicts whose keys are the ones `nvkmctl status --json`
+prints); clients rebuild them from the dicts.  No I/O here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+# Per-kernel state, exactly one at a time.
+KERNEL_STATES = ("ready", "queued", "building", "failed", "waiting-for-headers",
+                 "unsupported", "missing")
+# Where a kernel's installed nvidia module came from.
+ORIGINS = ("nvkmd", "dkms", "distro", "manual", "none")
+# Job lifecycle.
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+# Daemon state.
+DAEMON_STATES = ("starting", "idle", "waiting-for-lock", "building", "stopping")
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+@dataclasses.dataclass(frozen=True)
+class LastBuild:
+    result: str                 # success | failed | cancelled
+    log: str                    # path of the build log, "" if none
+    cause: str                  # "" on success
+    hint: str
+    finished_at: float          # seconds since the epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelStatus:
+    release: str
+    running: bool
+    headers: bool
+    headers_package: str        # "" when no package database names it
+    state: str                  # one of KERNEL_STATES
+    origin: str                 # one of ORIGINS
+    module_version: str         # "" when no module is installed
+    phase: str = ""             # while building
+    percent: int = 0
+    last_build: LastBuild | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    id: int
+    kernel: str
+    source_version: str
+    state: str                  # one of JOB_STATES
+    force: bool = False
+    phase: str = ""
+    percent: int = 0
+    queued_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    result: str = ""            # for finished jobs: success | failed | cancelled
+    cause: str = ""
+    hint: str = ""
+    log: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    path: str
+    version: str
+    kind: str                   # git | dkms | debian | run | path | "" if none found
+    error: str = ""             # why no source could be used, "" if fine
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonStatus:
+    version: str
+    state: str                  # one of DAEMON_STATES
+    source: SourceInfo
+    kernels: list[KernelStatus]
+    jobs: list[JobInfo]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"daemon": {"version": self.version, "state": self.state},
+                "source": _asdict(self.source),
+                "kernels": [k.to_dict() for k in self.kernels],
+                "jobs": [j.to_dict() for j in self.jobs]}
+
+
+# -- events the core emits (the D-Bus adapter turns them into signals) ------
+
+@dataclasses.dataclass(frozen=True)
+class JobQueued:
+    job: JobInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class JobProgress:
+    job_id: int
+    kernel: str
+    phase: str
+    percent: int
+
+
+@dataclasses.dataclass(frozen=True)
+class JobFinished:
+    job_id: int
+    kernel: str
+    result: str                 # success | failed | cancelled
+    cause: str
+    hint: str
+    log: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StateChanged:
+    """Daemon-level properties changed (state, current job, progress, source)."""
+    state: str
+    current_job: int            # 0 when none
+    phase: str
+    percent: int
+    source_version: str
+
+
+Event = JobQueued | JobProgress | JobFinished | StateChanged
+
+
+class CoreAPI(Protocol):
+    """What the daemon core offers its adapters.  Every method validates its
+    arguments and raises ``NvkmdError`` (INVALID_ARGUMENT, NO_SUCH_KERNEL,
+    NO_SUCH_JOB, ...) on bad input; none of them blocks the event loop."""
+
+    def subscribe(self, callback: "Callable[[Event], None]") -> None: ...
+    def status(self) -> DaemonStatus: ...
+    def kernels(self) -> list[KernelStatus]: ...
+    def jobs(self, include_finished: int = 20) -> list[JobInfo]: ...
+    def build(self, kernel: str, force: bool) -> list[int]: ...   # kernel "" = all
+    def cancel(self, job_id: int) -> None: ...
+    def get_log(self, job_id: int, kernel: str, lines: int) -> tuple[str, list[str]]: ...
+    def cleanup(self, keep: int, execute: bool) -> list[str]: ...
+    def rescan(self) -> None: ...
+
+
+from typing import Callable  # noqa: E402  (used in the Protocol's string annotation)
