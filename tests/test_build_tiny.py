@@ -1,0 +1,71 @@
+"""The engine end to end on the tiny tree, against real Debian headers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from helpers import REPO, need_kernels, run_nvkmd
+from nvkmd.modinfo import elf_section, modinfo
+
+
+def test_once_builds_and_installs_for_two_kernels(root):
+    k1, k2 = need_kernels(2)[-2:]
+    root.add_kernel(k1)
+    root.add_kernel(k2)
+    root.add_tiny_source()
+    proc = run_nvkmd("--once", "--root", str(root.path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for k in (k1, k2):
+        assert re.search(rf"^{re.escape(k)}: success \[log: .*build-\d{{8}}-\d{{6}}\.log\]$",
+                         proc.stdout, re.M), proc.stdout
+        d = root.nvkmd_dir(k)
+        kos = sorted(p.name for p in d.glob("*.ko"))
+        assert kos == ["nvidia-modeset.ko", "nvidia.ko"]
+        info = modinfo(d / "nvidia.ko")
+        assert info["version"] == "9.9.1"
+        assert info["vermagic"].split()[0] == k
+        # stripped of debug info
+        assert elf_section((d / "nvidia.ko").read_bytes(), ".debug_info") is None
+        dep = (root.modules / k / "modules.dep").read_text()
+        assert "updates/nvkmd/nvidia-modeset.ko: updates/nvkmd/nvidia.ko" in dep
+        logdir = root.path / "var/log/nvkmd" / k
+        latest = logdir / "latest.log"
+        assert latest.is_symlink() and latest.resolve().parent == logdir
+        text = latest.read_text()
+        assert f"# kernel: {k}" in text and "# result: success" in text
+        assert "# toolchain: CC=gcc-12" in text and "  CC [M] " in text
+    top = root.path / "var/log/nvkmd/latest.log"
+    assert top.is_symlink() and top.resolve().exists()
+
+
+def test_second_run_has_nothing_to_do(root):
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    root.add_tiny_source()
+    assert run_nvkmd("--once", "--root", str(root.path)).returncode == 0
+    again = run_nvkmd("--once", "--root", str(root.path))
+    assert again.returncode == 0
+    assert "all kernels are ready" in again.stdout
+
+
+def test_forced_rebuild_is_served_from_cache_without_a_compiler(root, tmp_path):
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    root.add_tiny_source()
+    assert run_nvkmd("--once", "--root", str(root.path)).returncode == 0
+    first = (root.nvkmd_dir(k) / "nvkmd.json").read_text()
+    trace = tmp_path / "execve.trace"
+    # strace records every program the forced rebuild runs.
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace),
+                           sys.executable, "-m", "nvkmd.main", "--once", "--force", "--root",
+                           str(root.path), "--kernel", k], capture_output=True, text=True,
+                          cwd=REPO, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{k}: success (from cache)" in proc.stdout
+    programs = re.findall(r'execve\("([^"]+)"', trace.read_text())
+    assert any(p.endswith("/depmod") for p in programs), programs    # the trace works
+    compilers = [p for p in programs if re.search(r"/(make|gcc[-0-9]*|cc1|cc|ld|as)$", p)]
+    assert compilers == [], compilers
+    assert (root.nvkmd_dir(k) / "nvkmd.json").read_text() != first   # reinstalled
