@@ -72,13 +72,13 @@ RULES: tuple[tuple[str, str, str, str], ...] = (
 )
 
 _API = (
-    (rf"too (?:few|many) arguments to function {_Q}{_NAME}", "the arguments of {name}() changed"),
-    (rf"implicit declaration of function {_Q}{_NAME}", "{name}() no longer exists"),
+    (rf"too (?:few|many) arguments to function {_Q}{_NAME}", "the arguments of {0}() changed"),
+    (rf"implicit declaration of function {_Q}{_NAME}", "{0}() no longer exists"),
     (rf"{_Q}(?:struct |union )?([A-Za-z_][A-Za-z0-9_ ]*?){_Q} has no member named {_Q}{_NAME}",
-     "struct {name} changed"),
+     "struct {0} has no member {1} any more"),
     (rf"passing argument \d+ of {_Q}{_NAME}{_Q} from incompatible pointer type",
-     "the signature of {name}() changed"),
-    (rf"incompatible pointer type.*{_Q}{_NAME}", "the type of {name} changed"),
+     "the signature of {0}() changed"),
+    (rf"incompatible pointer type.*{_Q}{_NAME}", "the type of {0} changed"),
     (rf"initialization of .* from incompatible pointer type", "a callback signature changed"),
 )
 
@@ -108,10 +108,10 @@ def diagnose(log: str) -> Diagnosis:
         for pattern, what in _API:
             m = re.search(pattern, line)
             if m:
-                name = m.group(m.lastindex or 1).strip()
+                names = [g.strip() for g in m.groups()]
                 return Diagnosis(
                     "kernel-api",
-                    f"the driver source does not support this kernel's API: {what.format(name=name)}",
+                    f"the driver source does not support this kernel's API: {what.format(*names)}",
                     "this kernel changed an interface the driver uses; use a driver release "
                     "that supports it, or boot a kernel the driver supports",
                     line.strip())

@@ -58,6 +58,14 @@ def module_is_current(kernel: Kernel, source: Source) -> bool:
     return all(any(kernel.nvkmd_dir.glob(f"{name}.ko*")) for name in m.get("modules", []))
 
 
+def _log_failure(e: NvkmdError) -> Diagnosis:
+    """The diagnosis when the log itself could not be written."""
+    if e.code is ErrorCode.DISK_FULL:
+        d = diagnose.diagnose(f"{diagnose.MARK_NOSPACE} {e.message}")
+        return dataclasses.replace(d, first_error=e.message)
+    return Diagnosis("unknown", "cannot write the build log", "check the log directory", e.message)
+
+
 class Engine:
     def __init__(self, paths: Paths, config: Config,
                  after_install: Callable[[Kernel], None] | None = None,
@@ -97,12 +105,13 @@ class Engine:
                            if toolchain else "(none)",
             })
         except NvkmdError as e:
-            # No log can be written: still say why, in the outcome itself.
-            kind = "disk-full" if e.code is ErrorCode.DISK_FULL else "unknown"
-            d = diagnose.diagnose(f"{diagnose.MARK_NOSPACE} {e.message}") if kind == "disk-full" \
-                else Diagnosis("unknown", "cannot write the build log", "check the log directory", e.message)
-            return Outcome(kernel.release, "failed", source.version, None, d,
+            return Outcome(kernel.release, "failed", source.version, None, _log_failure(e),
                            elapsed_s=time.monotonic() - started)
+        if log.failed_write:
+            # A build nobody could read the log of is not worth installing.
+            log.close("failed", time.monotonic() - started)
+            return Outcome(kernel.release, "failed", source.version, log.path,
+                           _log_failure(log.failed_write), elapsed_s=time.monotonic() - started)
 
         result, from_cache = "failed", False
         try:
@@ -119,11 +128,8 @@ class Engine:
         if result == "success":
             on_progress(Progress("done", 100))
             return Outcome(kernel.release, "success", source.version, log.path, None, from_cache, elapsed)
-        text = log.text()
-        if log.failed_write:
-            text += f"\n{diagnose.MARK_NOSPACE} {log.failed_write.message}"
-        return Outcome(kernel.release, "failed", source.version, log.path,
-                       diagnose.diagnose(text), False, elapsed)
+        d = _log_failure(log.failed_write) if log.failed_write else diagnose.diagnose(log.text())
+        return Outcome(kernel.release, "failed", source.version, log.path, d, False, elapsed)
 
     async def _produce_and_install(self, kernel: Kernel, source: Source, log: BuildLog,
                                    on_progress: ProgressFn) -> bool:
@@ -153,6 +159,8 @@ class Engine:
                 except OSError as e:
                     log.write(f"nvkmd: warning: cannot keep the build in the cache: {e}")
             products = products or build_dir
+        if log.failed_write:
+            raise log.failed_write
         on_progress(Progress("install", 99))
         signing = (str(self.paths.at(self.config.signing_key)), str(self.paths.at(self.config.signing_cert))) \
             if self.config.signing_key else None

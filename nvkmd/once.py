@@ -20,6 +20,8 @@ def format_outcome(o: Outcome) -> str:
         line += f": {o.diagnosis.cause}"
     if o.log:
         line += f" [log: {o.log}]"
+    if o.diagnosis and o.diagnosis.first_error:
+        line += f"\n    error: {o.diagnosis.first_error}"
     if o.diagnosis and o.diagnosis.hint:
         line += f"\n    hint: {o.diagnosis.hint}"
     return line
