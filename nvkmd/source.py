@@ -148,12 +148,17 @@ def content_hash(tree: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _unpack_debian(paths: Paths, tarball: Path) -> Path:
-    """Unpack Debian's nvidia-open-kernel.tar.xz into the cache, once per tarball."""
+def _unpack_debian(paths: Paths, tarball: Path, unpack: bool = True) -> Path:
+    """Unpack Debian's nvidia-open-kernel.tar.xz into the cache, once per tarball.
+
+    With ``unpack=False`` only an existing copy is used (the boot check reads,
+    never writes), and a missing one is a SourceInvalid error."""
     st = tarball.stat()
     key = hashlib.sha256(f"{tarball}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
     dest = paths.unpacked_sources / f"debian-{key}"
     done = dest / ".nvkmd-unpacked"
+    if not done.exists() and not unpack:
+        raise _source_error(f"{tarball}: not unpacked under {paths.unpacked_sources} yet")
     if not done.exists():
         tmp = paths.unpacked_sources / f".debian-{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -181,9 +186,10 @@ def _unpack_debian(paths: Paths, tarball: Path) -> Path:
     return min(trees, key=lambda p: len(p.parts))
 
 
-def load(paths: Paths, kind: str, origin: Path, tree: Path | None = None) -> Source:
+def load(paths: Paths, kind: str, origin: Path, tree: Path | None = None, *,
+         unpack: bool = True) -> Source:
     if kind == "debian":
-        tree = _unpack_debian(paths, origin)
+        tree = _unpack_debian(paths, origin, unpack)
         check_ownership(origin)
     tree = tree or origin
     check_ownership(tree)
@@ -212,14 +218,15 @@ def candidates(paths: Paths) -> list[tuple[str, Path, Path]]:
     return found
 
 
-def discover(paths: Paths, config: Config) -> Source:
-    """The source to build: ``source.path`` if set, else the newest found."""
+def discover(paths: Paths, config: Config, *, unpack: bool = True) -> Source:
+    """The source to build: ``source.path`` if set, else the newest found.
+    ``unpack=False``: never write, use only what is already unpacked."""
     if config.source_path != "auto":
         origin = paths.at(config.source_path)
         if not origin.exists():
             raise _source_error(f"source.path {config.source_path}: no such file or directory")
         kind, tree = classify(origin)
-        return load(paths, kind, origin, tree)
+        return load(paths, kind, origin, tree, unpack=unpack)
     found = candidates(paths)
     if not found:
         raise _source_error(f"no NVIDIA kernel module source found under {paths.src_dir} "
@@ -228,7 +235,8 @@ def discover(paths: Paths, config: Config) -> Source:
     errors: list[NvkmdError] = []
     for kind, origin, tree in found:
         try:
-            loaded.append(load(paths, kind, origin, None if kind == "debian" else tree))
+            loaded.append(load(paths, kind, origin, None if kind == "debian" else tree,
+                               unpack=unpack))
         except NvkmdError as e:
             errors.append(e)
     if not loaded:
