@@ -50,11 +50,10 @@ RULES: tuple[tuple[str, str, str, str], ...] = (
      "the compiler the kernel was built with is not installed",
      "install the compiler named in the kernel's CONFIG_CC_VERSION_TEXT"),
     ("compiler-mismatch", r".*(compiler differs from the one used to build the kernel|"
-     r"unrecognized command[- ]line option|cc_version_check|The kernel was built by).*",
+     r"unrecognized command[- ]line option|Failed CC version check|The kernel was built by).*",
      "the compiler does not match the one the kernel was built with",
      "install the compiler version named in the kernel's CONFIG_CC_VERSION_TEXT"),
-    ("unsupported", r".*(sanity check failed|is not supported|PREEMPT_RT kernel|"
-     r"Failed .* sanity check).*",
+    ("unsupported", r".*\*\*\* Failed .* sanity check.*",
      "the driver source refuses this kernel",
      "this driver version does not support this kernel; use a newer driver or another kernel"),
     ("gpl-only", r".*(GPL-incompatible module|uses GPL-only symbol).*",
