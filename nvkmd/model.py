@@ -25,6 +25,22 @@ def _asdict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+_ZERO = {"str": "", "bool": False, "int": 0, "float": 0.0}
+
+
+def _fromdict(cls: type, d: dict[str, Any]) -> Any:
+    """Rebuild ``cls`` from its dict form.  Keys it does not know are ignored
+    and missing plain fields take their zero value, so a client and a daemon
+    of different versions still understand each other."""
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in d:
+            kwargs[f.name] = d[f.name]
+        elif f.default is dataclasses.MISSING and f.type in _ZERO:
+            kwargs[f.name] = _ZERO[f.type]
+    return cls(**kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class LastBuild:
     result: str                 # success | failed | cancelled
@@ -32,6 +48,10 @@ class LastBuild:
     cause: str                  # "" on success
     hint: str
     finished_at: float          # seconds since the epoch
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LastBuild":
+        return _fromdict(cls, d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +69,12 @@ class KernelStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return _asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KernelStatus":
+        lb = d.get("last_build")
+        return dataclasses.replace(_fromdict(cls, {**d, "last_build": None}),
+                                   last_build=LastBuild.from_dict(lb) if lb else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +97,10 @@ class JobInfo:
     def to_dict(self) -> dict[str, Any]:
         return _asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobInfo":
+        return _fromdict(cls, d)
+
 
 @dataclasses.dataclass(frozen=True)
 class SourceInfo:
@@ -78,6 +108,10 @@ class SourceInfo:
     version: str
     kind: str                   # git | dkms | debian | run | path | "" if none found
     error: str = ""             # why no source could be used, "" if fine
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SourceInfo":
+        return _fromdict(cls, d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +127,14 @@ class DaemonStatus:
                 "source": _asdict(self.source),
                 "kernels": [k.to_dict() for k in self.kernels],
                 "jobs": [j.to_dict() for j in self.jobs]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DaemonStatus":
+        daemon = d.get("daemon", {})
+        return cls(version=daemon.get("version", ""), state=daemon.get("state", ""),
+                   source=SourceInfo.from_dict(d.get("source", {})),
+                   kernels=[KernelStatus.from_dict(k) for k in d.get("kernels", [])],
+                   jobs=[JobInfo.from_dict(j) for j in d.get("jobs", [])])
 
 
 # -- events the core emits (the D-Bus adapter turns them into signals) ------
