@@ -1,0 +1,69 @@
+"""nvkmd on D-Bus: the only daemon-side package that imports dbus-fast.
+
+``serve(core, bus)`` puts the core on the bus and returns only by raising
+when the connection is lost: without the bus nobody can see or steer the
+daemon, so it exits and systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import structlog
+from dbus_fast import BusType, NameFlag, RequestNameReply
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
+
+from .. import api
+from ..errors import ErrorCode, NvkmdError
+from ..model import CoreAPI
+from .service import ManagerService
+
+log = structlog.get_logger("nvkmd.bus")
+
+__all__ = ["serve"]
+
+
+async def connect(bus: str) -> MessageBus:
+    try:
+        kind, address = api.parse_bus(bus)
+    except ValueError as e:
+        raise NvkmdError(ErrorCode.INVALID_ARGUMENT, str(e)) from None
+    try:
+        if kind == "address":
+            return await MessageBus(bus_address=address).connect()
+        return await MessageBus(bus_type=BusType.SYSTEM if kind == "system"
+                                else BusType.SESSION).connect()
+    except Exception as e:
+        raise NvkmdError(ErrorCode.UNREACHABLE,
+                         f"cannot connect to {api.describe_bus(bus)}: {e}") from None
+
+
+async def serve(core: CoreAPI, bus: str) -> None:
+    """Serve ``core`` as io.github.nvkmd until the bus connection is lost,
+    then raise ``NvkmdError(UNREACHABLE)``.  Cancel the task to stop."""
+    conn = await connect(bus)
+    service = ManagerService(core, conn)
+    # Answer and publish before owning the name, so no early caller is lost.
+    conn.add_message_handler(service.handle)
+    core.subscribe(service.on_event)
+    try:
+        try:
+            reply = await conn.request_name(api.BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        except DBusError as e:
+            code = api.error_code(e.type)
+            raise NvkmdError(code if code is ErrorCode.ACCESS_DENIED else ErrorCode.UNREACHABLE,
+                             f"cannot own {api.BUS_NAME} on {api.describe_bus(bus)}: {e.text} "
+                             "(the busconfig in dbus/ lets only root own it)") from None
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise NvkmdError(ErrorCode.BUSY, f"{api.BUS_NAME} is already owned on "
+                             f"{api.describe_bus(bus)}: another nvkmd is running")
+        log.info("serving", name=api.BUS_NAME, path=api.OBJECT_PATH, bus=bus,
+                 unique_name=conn.unique_name)
+        why = "the bus closed the connection"
+        try:
+            await conn.wait_for_disconnect()
+        except Exception as e:
+            why = str(e) or type(e).__name__
+        raise NvkmdError(ErrorCode.UNREACHABLE, f"lost the connection to {api.describe_bus(bus)}: {why}")
+    finally:
+        service.close()
+        conn.disconnect()
