@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import diagnose
+from . import diagnose, dkms
 from .buildlog import BuildLog
 from .cache import ProductCache, build_key
 from .config import Config
@@ -75,6 +75,7 @@ class Engine:
         self.cache = ProductCache(paths.products_root, config.build_cache_keep)
         self.after_install = after_install
         self.on_critical = on_critical or (lambda entering: None)
+        self.dkms = dkms.DkmsBackend(paths, config.build_timeout_s, self.on_critical)
 
     @property
     def jobs(self) -> int:
@@ -83,12 +84,18 @@ class Engine:
     async def build(self, release: str, source: Source, *, force: bool = False,
                     on_progress: ProgressFn = lambda p: None) -> Outcome:
         kernel = Kernel(self.paths, release)
-        if not force and module_is_current(kernel, source):
+        # build.backend and DKMS's registrations decide Kbuild or DKMS (dkms.py).
+        choice = await asyncio.to_thread(dkms.choose, self.config.build_backend, self.paths, source)
+        current = self.dkms.is_current(kernel, source, choice.registration) if choice.registration \
+            else module_is_current(kernel, source)
+        if not force and current:
             return Outcome(release, "up-to-date", source.version)
         async with kernel_lock(self.paths, release):
-            return await self._build_locked(kernel, source, on_progress)
+            return await self._build_locked(kernel, source, on_progress, choice, force)
 
-    async def _build_locked(self, kernel: Kernel, source: Source, on_progress: ProgressFn) -> Outcome:
+    async def _build_locked(self, kernel: Kernel, source: Source, on_progress: ProgressFn,
+                            choice: dkms.Choice = dkms.Choice("kbuild", None),
+                            force: bool = False) -> Outcome:
         started = time.monotonic()
         recover(kernel)
         toolchain = kernel.toolchain if kernel.headers else None
@@ -101,7 +108,11 @@ class Engine:
                 "tree": str(source.tree),
                 "version": source.version,
                 "toolchain": toolchain.describe() if toolchain else "unknown (no headers)",
-                "command": " ".join(["make", f"-j{self.jobs}", *make_vars(kernel), "modules"])
+                "backend": f"dkms ({choice.registration.spec})" if choice.registration
+                           else choice.backend,
+                "command": dkms.DkmsBackend.describe(choice.registration, kernel.release)
+                           if choice.registration else
+                           " ".join(["make", f"-j{self.jobs}", *make_vars(kernel), "modules"])
                            if toolchain else "(none)",
             })
         except NvkmdError as e:
@@ -115,7 +126,7 @@ class Engine:
 
         result, from_cache = "failed", False
         try:
-            from_cache = await self._produce_and_install(kernel, source, log, on_progress)
+            from_cache = await self._produce_and_install(kernel, source, log, on_progress, choice, force)
             result = "success"
         except asyncio.CancelledError:
             result = "cancelled"
@@ -132,7 +143,16 @@ class Engine:
         return Outcome(kernel.release, "failed", source.version, log.path, d, False, elapsed)
 
     async def _produce_and_install(self, kernel: Kernel, source: Source, log: BuildLog,
-                                   on_progress: ProgressFn) -> bool:
+                                   on_progress: ProgressFn, choice: dkms.Choice, force: bool) -> bool:
+        if choice.registration:
+            await self.dkms.build_and_install(kernel, source, choice.registration, log,
+                                              on_progress, force)
+            if self.after_install:
+                await asyncio.to_thread(self.after_install, kernel)
+            return False
+        if choice.problem:
+            raise NvkmdError(ErrorCode.NOT_SUPPORTED, f"{diagnose.MARK_DKMS_UNUSABLE} {choice.problem}")
+        dkms.refuse_if_owned(self.paths, kernel)
         if kernel.headers is None:
             raise NvkmdError(ErrorCode.HEADERS_MISSING, f"{diagnose.MARK_HEADERS} {kernel.build_link} "
                              "does not lead to a tree with a Makefile and .config")

@@ -105,6 +105,11 @@ class Paths:
         return self.at("usr/src")
 
     @property
+    def dkms_tree(self) -> Path:
+        """DKMS's own state (``dkms_tree`` in its framework.conf)."""
+        return self.at("var/lib/dkms")
+
+    @property
     def debian_source_tarball(self) -> Path:
         return self.src_dir / "nvidia-open-kernel.tar.xz"
 

@@ -1,0 +1,98 @@
+"""Test support for the real DKMS and real git repositories.
+
+DKMS has no --root, so DKMS tests register the tiny tree on the real
+system (/usr/src, /var/lib/dkms) and install into the real /lib/modules of
+the header kernels.  ``RealDkms`` records what was there before and puts
+the system back afterwards: every nvidia/9.9.* registration removed, our
+/usr/src links removed, the kernel directories restored to their previous
+entries, DKMS's generated signing key removed if it was not there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import TINY, set_tiny_version
+from nvkmd import dkms
+
+SYSTEM_MODULES = Path("/lib/modules")
+SRC = Path("/usr/src")
+DKMS_TREE = Path("/var/lib/dkms")
+TEST_NAME = "nvidia"
+TEST_VERSION_PREFIX = "9.9."          # the tiny tree's versions; never a real driver
+FAKE_KERNELS = ("0.0.1-nvkmdtest", "0.0.2-nvkmdtest")
+
+
+def git(repo: Path, *args: str) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="nvkmd tests", GIT_AUTHOR_EMAIL="tests@nvkmd.invalid",
+               GIT_COMMITTER_NAME="nvkmd tests", GIT_COMMITTER_EMAIL="tests@nvkmd.invalid")
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def make_repo(path: Path, versions: tuple[str, ...] = ("9.9.1", "9.9.2"),
+              checkout: str | None = None) -> Path:
+    """A git repository laid out like open-gpu-kernel-modules: one commit and
+    one tag per version (NVIDIA's snapshot model), HEAD at ``checkout``."""
+    shutil.copytree(TINY, path, symlinks=True)
+    # Real clones have the full src/ tree beside kernel-open/; a marker stands in.
+    (path / "README.md").write_text("NVIDIA Linux Open GPU Kernel Module Source (test copy)\n")
+    git(path, "init", "-q", "-b", "main")
+    for v in versions:
+        set_tiny_version(path, v)
+        git(path, "add", "-A")
+        git(path, "commit", "-q", "-m", f"{v}")
+        git(path, "tag", v)
+    if checkout:
+        git(path, "checkout", "-q", checkout)
+    return path
+
+
+class RealDkms:
+    def __init__(self) -> None:
+        if not dkms.available():
+            pytest.fail("dkms is not installed (scripts/setup installs it)")
+        self.kernels = {d.name: set(os.listdir(d)) for d in SYSTEM_MODULES.iterdir() if d.is_dir()}
+        self.had_mok = (DKMS_TREE / "mok.key").exists()
+        self.cleanup()
+
+    def ours(self) -> list[tuple[str, str]]:
+        return sorted({(e.name, e.version) for e in dkms.parse_status(
+            subprocess.run(["dkms", "status"], capture_output=True, text=True).stdout)
+            if e.name == TEST_NAME and e.version.startswith(TEST_VERSION_PREFIX)})
+
+    def cleanup(self) -> None:
+        for name, version in self.ours():
+            subprocess.run(["dkms", "remove", "-m", name, "-v", version, "--all"],
+                           capture_output=True, text=True)
+        for d in (DKMS_TREE / TEST_NAME).glob(f"{TEST_VERSION_PREFIX}*"):
+            shutil.rmtree(d, ignore_errors=True)
+        if (DKMS_TREE / TEST_NAME).is_dir() and not any((DKMS_TREE / TEST_NAME).iterdir()):
+            (DKMS_TREE / TEST_NAME).rmdir()
+        for link in SRC.glob(f"{TEST_NAME}-{TEST_VERSION_PREFIX}*"):
+            if link.is_symlink():
+                link.unlink()
+
+    def restore(self) -> None:
+        self.cleanup()
+        for d in SYSTEM_MODULES.iterdir():
+            before = self.kernels.get(d.name)
+            if before is None:
+                if d.name in FAKE_KERNELS:
+                    shutil.rmtree(d, ignore_errors=True)
+                continue
+            for entry in set(os.listdir(d)) - before:
+                p = d / entry
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        if not self.had_mok:
+            for f in ("mok.key", "mok.pub"):
+                (DKMS_TREE / f).unlink(missing_ok=True)
