@@ -10,7 +10,6 @@ every failure leaves the previous modules exactly as they were.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -29,7 +28,9 @@ from .procenv import child_env
 MANIFEST = "nvkmd.json"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library Python itself runs on: find_library("c") would run `ldconfig -p`
+# on every import, and the boot check imports this module.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def exchange(a: Path, b: Path) -> None:
