@@ -1,0 +1,242 @@
+"""Driving a real ``nvkmd`` daemon process on a test root.
+
+The daemon runs as ``python -m nvkmd.main --root R --bus none -v``; tests
+watch its log, its job database (read-only) and the files it installs, and
+wait on conditions.  Its log is printed at teardown, which pytest shows
+for a failed test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from helpers import REPO, wait_for
+
+if TYPE_CHECKING:
+    from helpers import TestRoot
+
+
+class NvkmdDaemon:
+    def __init__(self, root: TestRoot, log_path: Path, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()):
+        self.root = root
+        self.log_path = log_path
+        self.env = env or {}
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+
+    @property
+    def db(self) -> Path:
+        return self.root.path / "var" / "lib" / "nvkmd" / "nvkmd.sqlite3"
+
+    def start(self) -> "NvkmdDaemon":
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        e = dict(os.environ)
+        e.setdefault("PYTHONUNBUFFERED", "1")
+        e.pop("NOTIFY_SOCKET", None)
+        e.update(self.env)
+        self.runs += 1
+        out = open(self.log_path, "a")
+        out.write(f"----- nvkmd start #{self.runs}\n")
+        out.flush()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nvkmd.main", "--root", str(self.root.path), "--bus", "none", "-v",
+             *self.args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+            env=e)
+        out.close()
+        self._mark = self.log_text().rfind(f"----- nvkmd start #{self.runs}")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self, this_run: bool = False) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return text[self._mark:] if this_run else text
+
+    def wait_log(self, pattern: str, timeout: float = 60, count: int = 1,
+                 this_run: bool = True) -> list[re.Match]:
+        rx = re.compile(pattern, re.M)
+
+        def found():
+            exited = self.proc is not None and self.proc.poll() is not None
+            hits = list(rx.finditer(self.log_text(this_run)))
+            if len(hits) >= count:
+                return hits
+            if exited:
+                raise AssertionError(f"nvkmd exited with {self.proc.returncode} while waiting "
+                                     f"for /{pattern}/")
+            return None
+        return wait_for(found, timeout, f"/{pattern}/ x{count} in the daemon log")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self.wait_log(r"event='ready'", timeout)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM; the exit status (fails the test if it does not stop in time)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"nvkmd did not stop within {timeout}s of SIGTERM")
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    # -- the job database, read-only -------------------------------------------
+    def jobs(self) -> list[dict]:
+        if not self.db.exists():
+            return []
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            con.row_factory = sqlite3.Row
+            return [dict(r) for r in con.execute("SELECT * FROM jobs ORDER BY id")]
+        finally:
+            con.close()
+
+    def jobs_for(self, kernel: str) -> list[dict]:
+        return [j for j in self.jobs() if j["kernel"] == kernel]
+
+    def wait_job(self, kernel: str, state: str, timeout: float = 120, version: str | None = None) -> dict:
+        def cond():
+            exited = self.proc is not None and self.proc.poll() is not None
+            for j in reversed(self.jobs_for(kernel)):
+                if j["state"] == state and (version is None or j["source_version"] == version):
+                    return j
+            if exited:
+                raise AssertionError(f"nvkmd exited with {self.proc.returncode}")
+            return None
+        return wait_for(cond, timeout, f"a {state} job for {kernel}")
+
+
+@pytest.fixture
+def nvkmd_daemon(tmp_path, request):
+    """Factory: ``nvkmd_daemon(root, env={...})`` -> a started NvkmdDaemon."""
+    made: list[NvkmdDaemon] = []
+
+    def make(root: TestRoot, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+             start: bool = True) -> NvkmdDaemon:
+        d = NvkmdDaemon(root, tmp_path / f"nvkmd-{len(made)}.log", env, args)
+        made.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in made:
+        if d.alive():
+            try:
+                d.stop()
+            except AssertionError:
+                pass
+        print(f"===== daemon log {d.log_path}")
+        print(d.log_text())
+
+
+def installed_version(root: TestRoot, kernel: str) -> str | None:
+    """The version of the nvidia module nvkmd installed for ``kernel``."""
+    from nvkmd.modinfo import modinfo
+    ko = root.nvkmd_dir(kernel) / "nvidia.ko"
+    if not ko.exists():
+        return None
+    try:
+        return modinfo(ko).get("version")
+    except Exception:
+        return None
+
+
+def assert_install_whole(root: TestRoot, kernel: str) -> None:
+    """nvkmd's directory for ``kernel`` is absent or complete: the manifest
+    names its modules and each of them is a readable module for this kernel."""
+    import json
+    from nvkmd.modinfo import modinfo
+    d = root.nvkmd_dir(kernel)
+    if not d.exists():
+        return
+    manifest = json.loads((d / "nvkmd.json").read_text())
+    kos = sorted(p.name for p in d.glob("*.ko*"))
+    assert kos == sorted(f"{m}.ko" for m in manifest["modules"]), (kos, manifest)
+    for ko in kos:
+        assert modinfo(d / ko)["vermagic"].split()[0] == kernel
+
+
+class NotifySocket:
+    """A real sd_notify datagram socket, recording (pid, message) pairs."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        # SO_PASSCRED: the kernel tells us which process sent each datagram.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.messages: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import struct
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            pid = 0
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("iII", payload[:12])[0]
+            with self._lock:
+                self.messages.append((pid, data.decode("ascii", errors="replace")))
+
+    def assignments(self, key: str) -> list[str]:
+        """Every value sent for ``KEY=``, in order."""
+        with self._lock:
+            msgs = list(self.messages)
+        out = []
+        for _, m in msgs:
+            for line in m.split("\n"):
+                if line.startswith(key + "="):
+                    out.append(line[len(key) + 1:])
+        return out
+
+    def senders(self) -> set[int]:
+        with self._lock:
+            return {pid for pid, _ in self.messages}
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        self.sock.close()
