@@ -15,7 +15,7 @@ from .paths import Paths
 
 # A kernel release is a directory name, so it is also a path component in
 # everything nvkmd writes: keep it to what real releases use.
-RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$")
+RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}\Z")  # \Z: "$" would accept a final newline
 
 NVKMD_SUBDIR = "updates/nvkmd"
 
