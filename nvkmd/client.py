@@ -16,6 +16,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from . import api
+from .busfix import patch_writer
 from .errors import ErrorCode, NvkmdError, invalid
 from .model import DaemonStatus, Event, JobFinished, JobInfo, JobProgress, JobQueued, \
     KernelStatus, StateChanged
@@ -84,6 +85,7 @@ async def connect(bus: str = "system") -> "Client":
     except Exception as e:
         raise NvkmdError(ErrorCode.UNREACHABLE,
                          f"cannot connect to {api.describe_bus(bus)}: {e}") from None
+    patch_writer(conn)
     return Client(conn, bus)
 
 

@@ -13,6 +13,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
 from .. import api
+from ..busfix import patch_writer
 from ..errors import ErrorCode, NvkmdError
 from ..model import CoreAPI
 from .service import ManagerService
@@ -29,12 +30,15 @@ async def connect(bus: str) -> MessageBus:
         raise NvkmdError(ErrorCode.INVALID_ARGUMENT, str(e)) from None
     try:
         if kind == "address":
-            return await MessageBus(bus_address=address).connect()
-        return await MessageBus(bus_type=BusType.SYSTEM if kind == "system"
-                                else BusType.SESSION).connect()
+            conn = await MessageBus(bus_address=address).connect()
+        else:
+            conn = await MessageBus(bus_type=BusType.SYSTEM if kind == "system"
+                                    else BusType.SESSION).connect()
     except Exception as e:
         raise NvkmdError(ErrorCode.UNREACHABLE,
                          f"cannot connect to {api.describe_bus(bus)}: {e}") from None
+    patch_writer(conn)
+    return conn
 
 
 async def serve(core: CoreAPI, bus: str) -> None:
