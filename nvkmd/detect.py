@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import origin as origins
 from . import pkgdb
 from . import source as sources
 from .cache import build_key
@@ -23,6 +24,7 @@ from .config import Config
 from .engine import module_is_current
 from .errors import NvkmdError
 from .kernels import RELEASE_RE, Kernel, release_key
+from .modinfo import modinfo, module_name
 from .paths import Paths
 from .source import Source
 
@@ -260,7 +262,10 @@ def plan(snap: Snapshot, active: Iterable[ActiveJob], past: dict[tuple[str, str]
     add: list[tuple[str, str]] = []
     if not version:
         return Plan(add, drop)
-    why = {c.kernel: c.describe() for c in changes if c.kernel and c.kind.endswith("-added")}
+    why: dict[str, str] = {}
+    for c in changes:
+        if c.kernel and c.kind.endswith("-added"):
+            why.setdefault(c.kernel, c.describe())      # "kernel added" over "headers added"
     source_change = next((c.describe() for c in changes if c.kind == "source-changed"), "")
     for r in snap.releases():
         k = snap.kernels[r]
@@ -307,17 +312,6 @@ def installed_releases(paths: Paths) -> list[str]:
     return sorted(out, key=release_key, reverse=True)
 
 
-def _origin(path: Path, kdir: Path) -> str:
-    rel = path.relative_to(kdir).parts
-    if rel[:2] == ("updates", "nvkmd"):
-        return "nvkmd"
-    if rel[:2] == ("updates", "dkms") or "dkms" in rel:
-        return "dkms"
-    if rel[0] == "kernel" or rel[:2] in (("updates", "nvidia"), ("extra", "nvidia")) or rel[0] == "nvidia":
-        return "distro"
-    return "manual"
-
-
 def _kernel_scan(paths: Paths, release: str, src: Source | None, package: str) -> KernelScan:
     k = Kernel(paths, release)
     headers = k.headers is not None
@@ -328,12 +322,15 @@ def _kernel_scan(paths: Paths, release: str, src: Source | None, package: str) -
             key = build_key(k, src)
         except (OSError, NvkmdError):
             key = ""
-    origin, version = "none", ""
-    mods = [m for m in k.nvidia_modules() if m.name == "nvidia"]
-    if mods:
-        # The module modprobe would load: nvkmd's (updates/ comes first), else any.
-        best = min(mods, key=lambda m: _origin(m.path, k.dir) != "nvkmd")
-        origin, version = _origin(best.path, k.dir), best.version
+    origin, files, _ = origins.details(paths, release)
+    version = ""
+    for f in files:
+        if module_name(f) == "nvidia":
+            try:
+                version = modinfo(f).get("version", "")
+            except NvkmdError:
+                pass
+            break
     return KernelScan(release, headers, package, current, key, origin, version)
 
 
