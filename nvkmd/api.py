@@ -31,6 +31,7 @@ ACTION_RESCAN = "io.github.nvkmd.rescan"
 # make the daemon read or build an answer of unbounded size.
 MAX_LOG_LINES = 100_000
 MAX_FINISHED_JOBS = 1_000
+MAX_KEEP = 10_000
 
 # Standard D-Bus errors a client can meet on the way, and what they mean to us.
 _FOREIGN_ERRORS = {

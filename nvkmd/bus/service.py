@@ -48,6 +48,8 @@ def validate(method: str, args: list[Any]) -> list[Any]:
         _kernel_arg(args[0])
     if method == "Cancel" and args[0] == 0:
         raise invalid("job id 0 is never a job")
+    if method == "Cleanup" and args[0] > api.MAX_KEEP:
+        raise invalid(f"keep must be at most {api.MAX_KEEP}, not {args[0]}")
     if method == "GetLog":
         _kernel_arg(args[1])
         if args[2] > api.MAX_LOG_LINES:
