@@ -73,7 +73,7 @@ RULES: tuple[tuple[str, str, str, str], ...] = (
      "another nvidia module is already installed for this kernel",
      "only one tool may own a kernel's nvidia module: remove the other one, or let it build"),
     ("dkms-unusable", re.escape(MARK_DKMS_UNUSABLE) + r".*",
-     "build.backend is dkms but the source is not usable with DKMS",
+     "DKMS cannot build this source",
      "register the source with `nvkmctl source init --dkms PATH`, or set build.backend = \"auto\""),
     ("headers-missing", r"(" + re.escape(MARK_HEADERS) + r".*|.*kernel source tree.*not found.*|"
      r".*kernel headers for kernel \S+ cannot be found.*|" + re.escape(MARK_DKMS_EXIT) + r" \w+ exited 21:.*|"

@@ -61,6 +61,9 @@ from .progress import Counts, Progress, ProgressTracker
 from .source import Source
 
 DKMS_SUBDIR = "updates/dkms"
+# A frozen copy of a version's source that `source update` left for DKMS
+# (see sourcemgmt.update); removed with the registration once unused.
+RETIRED_MARK = ".nvkmd-retired"
 TAIL_INTERVAL_S = 0.2
 
 
@@ -116,14 +119,24 @@ def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def status(paths: Paths, name: str = "", version: str = "", kernel: str = "") -> list[Entry]:
-    """What ``dkms status`` lists (nothing when DKMS cannot act for this root)."""
+    """What ``dkms status`` lists (nothing when DKMS cannot act for this root).
+
+    One registration whose dkms.conf is gone makes dkms print an error and
+    nothing else (exit status 0): that is an error here, not "no modules".
+    """
     if not usable(paths):
         return []
     args = ["status"]
     for flag, value in (("-m", name), ("-v", version), ("-k", kernel)):
         if value:
             args += [flag, value]
-    return parse_status(run(args, timeout=60).stdout)
+    out = run(args, timeout=60).stdout
+    entries = parse_status(out)
+    errors = [line.strip() for line in out.splitlines() if line.startswith("Error!")]
+    if errors and not entries:
+        more = [line.strip() for line in out.splitlines()[1:] if line.strip()][:1]
+        raise NvkmdError(ErrorCode.NOT_SUPPORTED, f"dkms status failed: {' '.join(errors[:1] + more)}")
+    return entries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +188,11 @@ def choose(backend: str, paths: Paths, source: Source) -> Choice:
     """Which backend builds ``source``: ``build.backend`` and DKMS's registrations."""
     if backend == "kbuild":
         return Choice("kbuild", None)
-    reg = registration_for(paths, source) if usable(paths) else None
+    try:
+        reg = registration_for(paths, source) if usable(paths) else None
+    except NvkmdError as e:
+        # DKMS is broken: building around it could install a second module.
+        return Choice("dkms", None, e.message)
     if reg:
         return Choice("dkms", reg)
     if backend == "auto":
@@ -402,18 +419,21 @@ class DkmsBackend:
         log(f"installed {reg.spec} for {kernel.release} through DKMS into {kernel.dir / DKMS_SUBDIR}")
 
     def _drop_orphans(self, reg: Registration, log: Callable[[str], None]) -> None:
-        """Unregister older versions of the same module whose source is gone
-        (``source update`` moved the link) and that no kernel uses any more."""
-        for e in {(e.name, e.version) for e in status(self.paths, reg.name)}:
-            if e[1] == reg.version:
+        """Unregister older versions of the same module that ``source update``
+        retired (their source is nvkmd's frozen copy) once no kernel uses them."""
+        for name, version in sorted({(e.name, e.version) for e in status(self.paths, reg.name)}):
+            src = self.paths.dkms_tree / name / version / "source"
+            if version == reg.version or not (src / RETIRED_MARK).is_file():
                 continue
-            src = self.paths.dkms_tree / e[0] / e[1] / "source"
-            in_use = any((e[0], e[1]) in installed(self.paths, k.name)
-                         for k in _kernel_dirs(self.paths))
-            if not src.exists() and not in_use:
-                proc = run(["remove", "-m", e[0], "-v", e[1], "--all"])
-                log(f"nvkmd/dkms: unregistered {e[0]}/{e[1]} from DKMS (its source is gone): "
-                    f"dkms remove exited {proc.returncode}")
+            if any((name, version) in installed(self.paths, k.name)
+                   for k in _kernel_dirs(self.paths)):
+                continue
+            frozen = src.resolve()
+            proc = run(["remove", "-m", name, "-v", version, "--all"])
+            log(f"nvkmd/dkms: unregistered {name}/{version} from DKMS (retired by source update, "
+                f"no kernel uses it): dkms remove exited {proc.returncode}")
+            if proc.returncode == 0 and (frozen / RETIRED_MARK).is_file():
+                shutil.rmtree(frozen, ignore_errors=True)
 
     async def _run_build(self, kernel: Kernel, source: Source, reg: Registration, spec: list[str],
                          log: BuildLog, on_progress: Callable[[Progress], None]) -> int:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable, Sequence
@@ -445,12 +446,17 @@ def update(paths: Paths, config: Config, *, no_build: bool = False,
     reg = dkms.registration_for(paths, src)
     result = UpdateResult(co.top, before, latest, before != latest, notes=notes)
     if result.changed:
+        old_link = _link_for(paths, co)
+        if reg and old_link:
+            _retire(Path(old_link), co)
+            notes.append(f"{old_link} is now a frozen copy of {co.version} for DKMS, which keeps "
+                         "it installed until the new version is; nvkmd drops both afterwards")
         _restore_template(co)
         git(co.top, "checkout", "--quiet", latest)
         new = checkout_at(co.top)
-        old_link = _link_for(paths, co)
         result.init = init(paths, config, co.top, register=bool(reg) or None)
-        if old_link and Path(old_link) != result.init.link and new.version != co.version:
+        if old_link and not reg and Path(old_link) != result.init.link \
+                and new.version != co.version:
             Path(old_link).unlink()
             notes.append(f"removed {old_link} (it was {co.version})")
     if result.changed and not no_build and queue is not None:
@@ -458,6 +464,24 @@ def update(paths: Paths, config: Config, *, no_build: bool = False,
     elif not result.changed and not no_build and queue is not None:
         notes.append("nothing to rebuild; `nvkmctl source sync` rebuilds anyway")
     return result
+
+
+def _retire(link: Path, co: Checkout) -> None:
+    """Replace ``/usr/src/<name>-<old>`` (a link into the checkout) by a copy
+    of the old tree, generated dkms.conf included.
+
+    DKMS reads every registered version's dkms.conf for ``dkms status``; a
+    link that vanished or now shows the new version would break DKMS for
+    all modules, while unregistering the old version now would uninstall
+    it from every kernel before the new one is built.
+    """
+    tmp = link.with_name(f".{link.name}.nvkmd-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(co.tree, tmp, symlinks=False)
+    (tmp / dkms.RETIRED_MARK).write_text(f"frozen copy of {co.tree} at {co.version}, made by "
+                                        "`nvkmctl source update`\n")
+    link.unlink()
+    tmp.rename(link)
 
 
 def _restore_template(co: Checkout) -> None:

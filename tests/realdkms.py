@@ -63,21 +63,27 @@ class RealDkms:
         self.cleanup()
 
     def ours(self) -> list[tuple[str, str]]:
-        return sorted({(e.name, e.version) for e in dkms.parse_status(
-            subprocess.run(["dkms", "status"], capture_output=True, text=True).stdout)
-            if e.name == TEST_NAME and e.version.startswith(TEST_VERSION_PREFIX)})
+        # From DKMS's tree, not `dkms status`: one broken registration makes
+        # dkms status print nothing at all.
+        return sorted((TEST_NAME, d.name) for d in (DKMS_TREE / TEST_NAME).glob(f"{TEST_VERSION_PREFIX}*"))
 
     def cleanup(self) -> None:
         for name, version in self.ours():
             subprocess.run(["dkms", "remove", "-m", name, "-v", version, "--all"],
                            capture_output=True, text=True)
-        for d in (DKMS_TREE / TEST_NAME).glob(f"{TEST_VERSION_PREFIX}*"):
-            shutil.rmtree(d, ignore_errors=True)
-        if (DKMS_TREE / TEST_NAME).is_dir() and not any((DKMS_TREE / TEST_NAME).iterdir()):
-            (DKMS_TREE / TEST_NAME).rmdir()
+        mine = DKMS_TREE / TEST_NAME
+        for p in list(mine.glob("*")) if mine.is_dir() else []:
+            if p.name.startswith(TEST_VERSION_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.is_symlink() and os.readlink(p).startswith(TEST_VERSION_PREFIX):
+                p.unlink()
+        if mine.is_dir() and not any(mine.iterdir()):
+            mine.rmdir()
         for link in SRC.glob(f"{TEST_NAME}-{TEST_VERSION_PREFIX}*"):
             if link.is_symlink():
                 link.unlink()
+            elif link.is_dir():
+                shutil.rmtree(link)
 
     def restore(self) -> None:
         self.cleanup()

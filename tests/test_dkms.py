@@ -169,3 +169,29 @@ def test_origins_nvkmd_dkms_and_none(real_dkms, tmp_path):
     assert origin.of(paths, FAKE_KERNELS[1]) == "none"
     kind, files, owner = origin.details(paths, k47)
     assert owner == "nvidia/9.9.1" and {f.name for f in files} == {"nvidia.ko", "nvidia-modeset.ko"}
+
+
+def test_source_update_moves_dkms_to_the_new_version(real_dkms, tmp_path):
+    from nvkmd.sourcemgmt import update
+    k = need_kernels(1)[0]
+    clone = make_repo(tmp_path / "open-gpu-kernel-modules", ("9.9.1", "9.9.2"), checkout="9.9.1")
+    config = Config(source_path=str(clone), state_dir=str(tmp_path / "state"),
+                    logs_dir=str(tmp_path / "logs"))
+    paths = Paths.build("/", tmp_path / "nvkmd.toml", config)
+    assert init(paths, config, clone, register=True).registered == "nvidia/9.9.1"
+    assert build(paths, config, k)[0].result == "success"
+    results = []
+
+    def queue(kernel, force):
+        results.append(build(paths, config, k, force)[0])
+        return [1]
+    up = update(paths, config, queue=queue)
+    assert up.changed and up.init.registered == "nvidia/9.9.2"
+    assert [o.result for o in results] == ["success"], results
+    assert re.search(rf"nvidia/9\.9\.2, {re.escape(k)}, x86_64: installed", dkms_status(k))
+    # 9.9.1 was retired to a frozen copy and no kernel uses it any more: unregistered
+    assert "9.9.1" not in subprocess.run(["dkms", "status"], capture_output=True, text=True).stdout
+    assert "unregistered nvidia/9.9.1" in results[0].log.read_text()
+    assert not Path("/usr/src/nvidia-9.9.1").exists()
+    from nvkmd.versions import module_version
+    assert module_version(paths, k) == "9.9.2"
