@@ -257,7 +257,9 @@ class Core:
             log.error("no usable driver source", error=snap.source.error)
         self.snapshot = snap
         self._apply_plan(changes)
-        if old is None or old.source != snap.source:
+        if old is None or old.source != snap.source or old.kernels != snap.kernels:
+            # Kernels' states may have changed (a module now current): tell
+            # subscribers, so the STATUS line and D-Bus properties follow.
             self._emit_state()
         log.debug("rescan done", kernels=len(snap.kernels), active=len(self.store.active()) if self.store else 0,
                   **_given(source=snap.source.version))
