@@ -33,6 +33,7 @@ from .source import Source
 RESULTS = ("success", "failed", "cancelled", "up-to-date")
 
 ProgressFn = Callable[[Progress], None]
+AfterInstall = Callable[[Kernel, Callable[[str], None]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +69,22 @@ def _log_failure(e: NvkmdError) -> Diagnosis:
 
 class Engine:
     def __init__(self, paths: Paths, config: Config,
-                 after_install: Callable[[Kernel], None] | None = None,
+                 after_install: AfterInstall | None = None,
                  on_critical: Callable[[bool], None] | None = None):
         self.paths = paths
         self.config = config
         self.cache = ProductCache(paths.products_root, config.build_cache_keep)
-        self.after_install = after_install
+        # Runs in a worker thread after a successful install and depmod, with
+        # the build log's writer; raising NvkmdError fails the build.  By
+        # default the initramfs step (install.initramfs), so that no place
+        # that makes an Engine can forget it.
+        self.after_install = after_install or self._initramfs
         self.on_critical = on_critical or (lambda entering: None)
         self.dkms = dkms.DkmsBackend(paths, config.build_timeout_s, self.on_critical)
+
+    def _initramfs(self, kernel: Kernel, log: Callable[[str], None]) -> None:
+        from . import initramfs
+        initramfs.regenerate(self.paths, self.config, kernel, log, critical=self.on_critical)
 
     @property
     def jobs(self) -> int:
@@ -147,8 +156,7 @@ class Engine:
         if choice.registration:
             await self.dkms.build_and_install(kernel, source, choice.registration, log,
                                               on_progress, force)
-            if self.after_install:
-                await asyncio.to_thread(self.after_install, kernel)
+            await asyncio.to_thread(self.after_install, kernel, log.write)
             return False
         if choice.problem:
             raise NvkmdError(ErrorCode.NOT_SUPPORTED, f"{diagnose.MARK_DKMS_UNUSABLE} {choice.problem}")
@@ -195,6 +203,5 @@ class Engine:
                              f"{e.marker} {e.message}") from None
         if products != build_dir:
             shutil.rmtree(build_dir, ignore_errors=True)
-        if self.after_install:
-            await asyncio.to_thread(self.after_install, kernel)
+        await asyncio.to_thread(self.after_install, kernel, log.write)
         return from_cache
