@@ -195,3 +195,26 @@ def test_source_update_moves_dkms_to_the_new_version(real_dkms, tmp_path):
     assert not Path("/usr/src/nvidia-9.9.1").exists()
     from nvkmd.versions import module_version
     assert module_version(paths, k) == "9.9.2"
+
+
+def test_cleanup_removes_dkms_modules_of_removed_kernels_with_dkms_remove(real_dkms, tmp_path,
+                                                                          monkeypatch):
+    from nvkmd import cleanup
+    k47, k56 = need_kernels(2)[:2]
+    clone, config, paths, _ = setup_source(tmp_path)
+    kbuild = Config(**{**config.__dict__, "build_backend": "kbuild"})
+    assert build(paths, config, k47)[0].result == "success"
+    assert build(paths, kbuild, k56)[0].result == "success"
+    # Only headers are installed for these kernels (no image): both count as removed,
+    # but k56 is the running kernel and must stay.
+    monkeypatch.setenv("NVKMD_RUNNING_KERNEL", k56)
+    dry = cleanup.cleanup(paths)
+    assert [(i.release, i.what) for i in dry.to_remove] == [(k47, "dkms nvidia/9.9.1")]
+    assert f"  ✓ {k56} (running): nvkmd" in dry.lines()
+    assert "installed" in dkms_status(k47)
+    done = cleanup.cleanup(paths, execute=True)
+    assert [i.done for i in done.to_remove] == ["removed"]
+    assert "installed" not in dkms_status(k47)
+    assert not (SYSTEM_MODULES / k47 / "updates").exists()
+    assert (SYSTEM_MODULES / k47 / "build").is_symlink()          # headers untouched
+    assert (SYSTEM_MODULES / k56 / "updates" / "nvkmd" / "nvidia.ko").is_file()
