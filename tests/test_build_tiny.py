@@ -69,3 +69,22 @@ def test_forced_rebuild_is_served_from_cache_without_a_compiler(root, tmp_path):
     compilers = [p for p in programs if re.search(r"/(make|gcc[-0-9]*|cc1|cc|ld|as)$", p)]
     assert compilers == [], compilers
     assert (root.nvkmd_dir(k) / "nvkmd.json").read_text() != first   # reinstalled
+
+
+def test_logs_keep_the_last_n_per_kernel_and_latest_follows(root):
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    root.add_tiny_source()
+    root.configure(root.config_text + "[logs]\nkeep = 2\n")
+    seen = []
+    for _ in range(3):
+        proc = run_nvkmd("--once", "--force", "--root", str(root.path), "--kernel", k)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        seen.append(re.search(r"\[log: (.*)\]", proc.stdout).group(1))
+    logdir = root.path / "var/log/nvkmd" / k
+    kept = sorted(str(p) for p in logdir.glob("build-*.log"))
+    assert kept == sorted(seen[1:])
+    assert str((logdir / "latest.log").resolve()) == seen[-1]
+    assert str((root.path / "var/log/nvkmd/latest.log").resolve()) == seen[-1]
+    text = (logdir / "latest.log").read_text()
+    assert "# from cache: yes" in text and re.search(r"# elapsed: \d+\.\ds", text)
