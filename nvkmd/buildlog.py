@@ -92,7 +92,9 @@ class BuildLog:
         self.prune()
 
     def prune(self) -> None:
-        logs = sorted(p for p in self.dir.glob("build-*.log"))
+        # By age, not name: two builds in one second are build-X.log, build-X-2.log,
+        # and "-2" sorts before ".log".
+        logs = sorted(self.dir.glob("build-*.log"), key=lambda p: (p.stat().st_mtime_ns, p.name))
         for old in logs[: max(0, len(logs) - self.keep)]:
             try:
                 old.unlink()
