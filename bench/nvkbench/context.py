@@ -19,15 +19,26 @@ class Context:
     idle_minutes: float
     jobs: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     _source: SourceTree | None = None
+    _tiny: SourceTree | None = None
     _kernel: str = ""
     guard: object | None = None          # realsys.SystemGuard, once the real system is touched
     module: object | None = None         # realsys.BenchModule, once registered
+    _service: object | None = None       # service.Service, once started
 
     @property
     def source(self) -> SourceTree:
         if self._source is None:
             self._source = SourceTree(self.ws, nvidia=not self.quick)
         return self._source
+
+    @property
+    def tiny_source(self) -> SourceTree:
+        """The tiny tree, in every mode (figures about detection, not building)."""
+        if self.quick:
+            return self.source
+        if self._tiny is None:
+            self._tiny = SourceTree(self.ws, nvidia=False)
+        return self._tiny
 
     @property
     def kernel(self) -> str:
@@ -57,7 +68,16 @@ class Context:
             self.module = BenchModule(self.source, self.jobs)
         return self.module
 
+    def service(self):
+        """The daemon at rest shared by P4, P5, P6 and P8 (started on first use)."""
+        from .service import Service
+        if self._service is None:
+            self._service = Service(self)
+        return self._service
+
     def close(self) -> None:
+        if self._service is not None:
+            self._service.close()
         if self.module is not None:
             self.module.close()
         if self.guard is not None:

@@ -317,15 +317,17 @@ class PrivateBus:
     """``dbus-daemon`` on a private socket, with the system bus's default
     policy and limits and the project's busconfig: loopback only."""
 
-    def __init__(self, ws: Workspace):
+    def __init__(self, ws: Workspace, limits: dict[str, int] | None = None):
         self.dir = ws.new("bus")
+        self.limits = dict(limits or {})
+        limit_xml = "".join(f'  <limit name="{k}">{v}</limit>\n' for k, v in self.limits.items())
         self.socket = self.dir / "bus"
         conf = self.dir / "bus.conf"
         conf.write_text(
             '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
             ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
             "<busconfig>\n  <type>system</type>\n  <auth>EXTERNAL</auth>\n"
-            f"  <listen>unix:path={self.socket}</listen>\n{SYSTEM_POLICY}"
+            f"  <listen>unix:path={self.socket}</listen>\n{limit_xml}{SYSTEM_POLICY}"
             f"  <include>{BUSCONFIG}</include>\n</busconfig>\n")
         self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={conf}", "--print-address",
                                       "--nofork"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

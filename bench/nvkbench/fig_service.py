@@ -1,0 +1,182 @@
+"""P4 (idle cost), P5 (status vs dkms status), P6 (wait-ready vs dkms
+autoinstall) and P8 (D-Bus under load), against one daemon at rest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from . import stats
+from .context import Context
+from .env import PY, BenchError, bus_owner, cpu_seconds, log, memory_kib, nvkmctl, timed
+
+P4, P5, P6, P8 = "idle cost", "status query", "boot ready check", "D-Bus under load"
+LOAD = Path(__file__).with_name("load.py")
+
+
+def p4(ctx: Context) -> stats.Figure:
+    svc = ctx.service()
+    pid = svc.daemon.pid
+    windows = max(1, ctx.reps)
+    window_s = ctx.idle_minutes * 60 / windows
+    # The anchor: a bare Python interpreter doing nothing, over the same time.
+    bare = subprocess.Popen([PY, "-c", "import time; time.sleep(86400)"])
+    try:
+        per_min = []
+        log(f"P4: {windows} idle windows of {window_s:.0f} s")
+        for _ in range(windows):
+            c0 = cpu_seconds(pid)
+            time.sleep(window_s)     # measuring idleness: nothing to wait for but time
+            per_min.append((cpu_seconds(pid) - c0) * 60 / window_s)
+        mem = memory_kib(pid)
+        bare_mem = memory_kib(bare.pid)
+        if not svc.daemon.alive():
+            raise BenchError("nvkmd exited while idle")
+        if len(svc.daemon.find("build started", 0)) != len(svc.daemon.find("build finished", 0)):
+            raise BenchError("nvkmd was not idle (a build ran)")
+    finally:
+        bare.kill()
+        bare.wait()
+    s = stats.summarize(per_min)
+    hwm, bare_hwm = mem["VmHWM"] / 1024, bare_mem["VmHWM"] / 1024
+    data = {"cpu_s_per_minute": s.to_dict(), "cpu_percent_of_one_cpu": s.median / 60 * 100,
+            "vm_hwm_mib": hwm, "vm_rss_mib": mem["VmRSS"] / 1024, "bare_python_vm_hwm_mib": bare_hwm,
+            "minutes": ctx.idle_minutes, "windows": windows, "kernels": svc.kernels,
+            "on_bus": bool(svc.bus), "samples": per_min}
+    value = (f"{stats.fmt(s, 'CPU-s/min', 3)} ({s.median / 60 * 100:.2f}% of one CPU), "
+             f"peak RSS {hwm:.1f} MiB over {ctx.idle_minutes:g} min")
+    return stats.Figure(4, P4, value, stats.ratio(hwm, bare_hwm),
+                        f"RSS of a bare idle Python {bare_hwm:.1f} MiB", data)
+
+
+def _dkms_inventory() -> dict:
+    from nvkmd import dkms as nd
+    out = subprocess.run(["dkms", "status"], capture_output=True, text=True).stdout
+    entries = nd.parse_status(out)
+    return {"entries": len(entries), "modules": sorted({f"{e.name}/{e.version}" for e in entries}),
+            "kernels": sorted({e.kernel for e in entries if e.kernel})}
+
+
+def p5(ctx: Context) -> stats.Figure:
+    svc = ctx.service()
+    if not svc.bus:
+        raise BenchError(f"nvkmctl status needs the bus: {svc.no_bus}")
+    cmd = [*nvkmctl(), "--bus", svc.bus.address, "status"]
+    _, p = timed([*cmd, "--json"])
+    shown = len(json.loads(p.stdout)["kernels"])
+    if shown != svc.kernels:
+        raise BenchError(f"nvkmctl status showed {shown} kernels, not {svc.kernels}")
+    reps = 2 if ctx.dry else max(ctx.reps, 5)
+    ours, theirs = [], []
+    inv = _dkms_inventory()
+    for _ in range(reps):
+        ours.append(timed(cmd)[0])
+        theirs.append(timed(["dkms", "status"])[0])
+    s, a = stats.summarize(ours), stats.summarize(theirs)
+    had = (f"{inv['entries']} entries: {', '.join(inv['modules']) or 'no modules'}, "
+           f"{len(inv['kernels'])} kernels; {len([d for d in Path('/lib/modules').iterdir()])} kernel dirs")
+    data = {"nvkmctl_status_s": s.to_dict(), "dkms_status_s": a.to_dict(), "nvkmd_kernels": svc.kernels,
+            "dkms_machine": inv, "samples": {"nvkmctl": ours, "dkms": theirs}}
+    return stats.Figure(5, P5, f"nvkmctl status {stats.fmt(s, 's', 3)} with {svc.kernels} kernels",
+                        stats.ratio(s.median, a.median),
+                        f"dkms status {stats.fmt(a, 's', 3)} on this machine ({had})", data)
+
+
+def _wait_ready_exists() -> str:
+    p = subprocess.run([*nvkmctl(), "wait-ready", "--help"], capture_output=True, text=True)
+    return "" if p.returncode == 0 else "nvkmctl wait-ready not landed yet"
+
+
+def p6(ctx: Context) -> stats.Figure:
+    why = _wait_ready_exists()
+    if why:
+        raise BenchError(why)
+    svc = ctx.service()
+    k = svc.kernel
+    cmd = [*nvkmctl(), "--root", str(svc.root.path), "wait-ready", "--timeout", "60"]
+    reps = 2 if ctx.dry else max(ctx.reps, 5)
+    ours = []
+    before = svc.daemon.mark()
+    for _ in range(reps):
+        dt, p = timed(cmd, env=svc.env, timeout=120)
+        ours.append(dt)
+    if svc.daemon.mark() != before and svc.daemon.find("job queued", before):
+        raise BenchError("wait-ready asked the daemon for a build on a healthy system")
+    s = stats.summarize(ours)
+    data = {"kernel": k, "wait_ready_s": s.to_dict(), "samples": {"wait_ready": ours}}
+    value = f"{stats.fmt(s, 's', 3)} on a healthy system"
+    if ctx.dry:
+        return stats.Figure(6, P6, value, "n/a", "dkms autoinstall (not run in a dry run: it may build)",
+                            data)
+    from .realsys import foreign_pending
+    module = ctx.dkms_module()
+    if module.state(k) != "installed":
+        log(f"P6: building the bench's DKMS module for {k} so autoinstall has nothing to do")
+        module.unbuild(k)
+        module.build_install(k)
+    try:
+        from .env import wait_for
+        wait_for(lambda: not foreign_pending(k), 120, "other DKMS registrations to be installed or gone",
+                 interval=2)
+    except BenchError:
+        raise BenchError(f"dkms autoinstall would build {', '.join(foreign_pending(k))} "
+                         f"(registered by someone else); not timing it")
+    theirs = [timed(["dkms", "autoinstall", "-k", k], timeout=600)[0] for _ in range(reps)]
+    if module.state(k) != "installed":
+        raise BenchError("the bench's DKMS module is no longer installed after autoinstall")
+    a = stats.summarize(theirs)
+    data.update({"dkms_autoinstall_s": a.to_dict(), "dkms_machine": _dkms_inventory()})
+    data["samples"]["dkms"] = theirs
+    return stats.Figure(6, P6, value, stats.ratio(s.median, a.median),
+                        f"dkms autoinstall -k {k} with nothing to do {stats.fmt(a, 's', 3)}", data)
+
+
+def _load(address: str, *args: str, timeout: float = 600) -> dict:
+    _, p = timed([PY, str(LOAD), address, *args], timeout=timeout)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def p8(ctx: Context) -> stats.Figure:
+    svc = ctx.service()
+    if not svc.bus:
+        raise BenchError(f"needs the bus: {svc.no_bus}")
+    addr = svc.bus.address
+    seconds = 0.5 if ctx.dry else 3.0 if ctx.quick else 5.0
+    reps = 1 if ctx.dry else ctx.reps
+    rates: dict[int, stats.Summary] = {}
+    errors: dict[str, int] = {}
+    samples: dict[str, list[float]] = {}
+    for n in (1, 10, 100):
+        got = []
+        for _ in range(reps):
+            r = _load(addr, "rate", str(n), str(seconds))
+            got.append(r["calls"] / r["elapsed"])
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        rates[n] = stats.summarize(got)
+        samples[f"nvkmd_{n}"] = got
+    anchor = [(lambda r: r["calls"] / r["elapsed"])(_load(addr, "rate", "100", str(seconds), "bus"))
+              for _ in range(reps)]
+    a = stats.summarize(anchor)
+    samples["bus_getid_100"] = anchor
+    calls = 200 if ctx.dry else 5000
+    log(f"P8: {calls} concurrent GetStatus calls from one client")
+    b = _load(addr, "burst", str(calls))
+    still = svc.daemon.alive() and bus_owner(addr) == svc.unique_name
+    answer = subprocess.run([*nvkmctl(), "--bus", addr, "status", "--json"], capture_output=True,
+                            text=True, timeout=60).returncode == 0
+    data = {"calls_per_s": {str(n): rates[n].to_dict() for n in rates}, "seconds_per_level": seconds,
+            "bus_getid_100_per_s": a.to_dict(), "errors": errors, "burst": b,
+            "stayed_on_bus": still, "answering_after_burst": answer, "samples": samples}
+    levels = ", ".join(f"{stats.fmt(rates[n], '', 0).strip()}/s @{n}" for n in rates)
+    value = (f"{levels} clients; after {calls} concurrent calls ({b['calls']} answered): "
+             f"{'on the bus and answering' if still and answer else 'GONE from the bus'}")
+    fig = stats.Figure(8, P8, value, stats.ratio(rates[100].median, a.median),
+                       f"the bus's own GetId @100 clients {stats.fmt(a, '', 0).strip()}/s", data)
+    fig.notes.append(f"private dbus-daemon with the system bus's policy and limits, except "
+                     f"max_replies_per_connection={svc.bus.limits.get('max_replies_per_connection')} "
+                     "(stock: 128) so that every concurrent call reaches nvkmd; one load process")
+    fig.ok = still and answer
+    return fig

@@ -1,0 +1,86 @@
+"""D-Bus load generator, run as its own process (P8):
+
+  python load.py ADDRESS rate CLIENTS SECONDS [nvkmd|bus]
+      CLIENTS connections, each calling in a loop for SECONDS: nvkmd's
+      GetStatus through nvkmd.client, or the bus's own GetId (the anchor).
+  python load.py ADDRESS burst CALLS
+      one connection, CALLS GetStatus calls in flight at once.
+
+Prints one JSON object: calls, errors (by name), elapsed seconds.  Talks to
+the private bus at ADDRESS only; every loop is bounded in time or count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from nvkmd import client  # noqa: E402
+from nvkmd.errors import NvkmdError  # noqa: E402
+
+
+async def rate(address: str, n: int, seconds: float, target: str) -> dict:
+    conns = [await client.connect(address) for _ in range(n)]
+    calls = 0
+    errors: collections.Counter = collections.Counter()
+    start = asyncio.Event()
+
+    async def one(c) -> None:
+        nonlocal calls
+        await start.wait()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                if target == "bus":
+                    await c._bus_call("GetId")
+                else:
+                    await c.call("GetStatus")
+                calls += 1
+            except NvkmdError as e:
+                errors[e.code.value] += 1
+    tasks = [asyncio.create_task(one(c)) for c in conns]
+    t0 = time.monotonic()
+    start.set()
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - t0
+    for c in conns:
+        c.close()
+    return {"calls": calls, "errors": dict(errors), "elapsed": elapsed, "clients": n}
+
+
+async def burst(address: str, n: int) -> dict:
+    c = await client.connect(address)
+    errors: collections.Counter = collections.Counter()
+
+    async def one() -> bool:
+        try:
+            await c.call("GetStatus", timeout=300)
+            return True
+        except NvkmdError as e:
+            errors[f"{e.code.value}: {str(e)[:80]}"] += 1
+            return False
+    t0 = time.monotonic()
+    ok = sum(await asyncio.gather(*(one() for _ in range(n))))
+    elapsed = time.monotonic() - t0
+    c.close()
+    return {"calls": ok, "errors": dict(errors), "elapsed": elapsed, "sent": n}
+
+
+def main() -> None:
+    address, mode = sys.argv[1], sys.argv[2]
+    if mode == "rate":
+        out = asyncio.run(rate(address, int(sys.argv[3]), float(sys.argv[4]),
+                               sys.argv[5] if len(sys.argv) > 5 else "nvkmd"))
+    else:
+        out = asyncio.run(burst(address, int(sys.argv[3])))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
