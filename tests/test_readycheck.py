@@ -122,3 +122,29 @@ def test_settle_and_extend():
     assert "\n" not in line
     assert extend_usec(100.0, 40.0) == int((60 + EXTEND_MARGIN_S) * 1e6)
     assert extend_usec(100.0, 140.0) == int(EXTEND_MARGIN_S * 1e6)
+
+
+def test_healthy_dkms_module_is_read_from_dkms_tree_without_running_dkms(tmp_path):
+    """Modules DKMS built (the DKMS backend) count as healthy too, judged from
+    DKMS's tree: `dkms status` is a shell script slower than this whole check."""
+    from realdkms import RealDkms
+    from test_dkms import build, setup_source
+    k = need_kernels(1)[0]
+    real = RealDkms()
+    try:
+        clone, config, paths, _ = setup_source(tmp_path)
+        outcome, _ = build(paths, config, k)
+        assert outcome.result == "success", outcome
+        trace = tmp_path / "trace"
+        probe = ("import sys; from nvkmd.config import Config; from nvkmd.paths import Paths; "
+                 "from nvkmd.readycheck import check_files; "
+                 f"c = Config(source_path={str(clone)!r}, state_dir={config.state_dir!r}); "
+                 f"r = check_files(Paths.build('/', None, c), c, {k!r}); print(r.ready, r.detail)")
+        proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve,socket,connect", "-o",
+                               str(trace), sys.executable, "-c", probe],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert proc.stdout.startswith("True "), proc.stdout + proc.stderr
+        calls = trace.read_text()
+        assert "socket(" not in calls and calls.count("execve(") == 1, calls
+    finally:
+        real.restore()
