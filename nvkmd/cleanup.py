@@ -2,13 +2,14 @@
 that are gone (and, with ``keep``, for all but the newest kernels).
 
 What counts as installed: a kernel is installed while its image or its
-package's own files are there: ``/boot/vmlinuz-<K>``, ``<modules>/<K>/vmlinuz``
-(Arch, Fedora), ``<K>/kernel/`` or ``<K>/modules.order`` /
-``modules.builtin`` (shipped with the image, never written by depmod).
-Headers alone do not count: removing a kernel package leaves its headers
-package behind, and a directory holding only ``build``/``source`` links,
-nvkmd's ``updates/nvkmd`` or depmod's output is what a removed kernel
-leaves.
+package's own files are there (``/boot/vmlinuz-<K>``, ``<modules>/<K>/vmlinuz``
+on Arch and Fedora, ``<K>/kernel/``, ``<K>/modules.order`` or
+``modules.builtin``, which come with the image and are never written by
+depmod), or while its headers are (``build`` leads to a tree with a Makefile
+and .config): nvkmd builds for every kernel with headers, so removing
+those modules would only start a rebuild.  A directory holding nothing
+but nvkmd's ``updates/nvkmd``, DKMS's ``updates/dkms``, depmod's output or
+dangling ``build``/``source`` links is a kernel that is gone.
 
 What is removed: nvkmd's ``updates/nvkmd`` (and our leftovers), and DKMS's
 installs through ``dkms remove -m <name> -v <ver> -k <K>`` (real system
@@ -47,7 +48,9 @@ def kernel_installed(paths: Paths, release: str) -> bool:
     kdir = paths.kernel_dir(release)
     if (paths.boot_dir / f"vmlinuz-{release}").exists():
         return True
-    return any((kdir / m).exists() for m in IMAGE_MARKERS)
+    if any((kdir / m).exists() for m in IMAGE_MARKERS):
+        return True
+    return Kernel(paths, release).headers is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +66,7 @@ class Facts:
 class Item:
     release: str
     action: str            # "keep" | "remove"
-    reason: str            # "running" | "newest N" | "installed" | "not installed" | "older than the N newest"
+    reason: str            # running | building | newest N | installed | not installed | older than the N newest
     nvkmd: bool
     dkms: tuple[tuple[str, str], ...]
     done: str = ""         # after execute: "removed" or the error
@@ -74,8 +77,9 @@ class Item:
         return ", ".join(parts)
 
 
-def decide(facts: Sequence[Facts], running: str, keep: int) -> list[Item]:
-    """Pure: which kernels' modules go.  Newest first, like ``list_kernels``."""
+def decide(facts: Sequence[Facts], running: str, keep: int, busy: str | None = None) -> list[Item]:
+    """Pure: which kernels' modules go.  Newest first, like ``list_kernels``.
+    ``busy`` (the kernel being built right now) is kept like the running one."""
     ordered = sorted(facts, key=lambda f: release_key(f.release), reverse=True)
     # Counted among kernels that have modules to lose: a newer kernel without
     # one (no headers, failed build) must not cost an older one its driver.
@@ -87,6 +91,8 @@ def decide(facts: Sequence[Facts], running: str, keep: int) -> list[Item]:
             continue
         if f.release == running:
             action, reason = "keep", "running"
+        elif f.release == busy:
+            action, reason = "keep", "building"
         elif not f.installed:
             action, reason = "remove", "not installed"
         elif keep <= 0:
@@ -139,6 +145,19 @@ class Plan:
             out += ["", "Dry run - no changes made.", "Run with --execute to actually remove."]
         return out
 
+    def paths(self, paths: Paths) -> list[str]:
+        """The module paths removed (or to remove): the D-Bus Cleanup reply."""
+        out = []
+        for i in self.to_remove:
+            kernel = Kernel(paths, i.release)
+            if i.nvkmd:
+                out.append(str(kernel.nvkmd_dir))
+            if i.dkms:
+                files = [str(f) for f in dkms.installed_files(paths, kernel)] \
+                    if not self.executed else []
+                out += files or [f"dkms:{n}/{v}:{i.release}" for n, v in i.dkms]
+        return out
+
     def summary(self) -> list[str]:
         """One line per kernel, for the D-Bus Cleanup reply."""
         return [f"{'removed' if self.executed else 'would remove'} {i.release}: {i.what}"
@@ -146,11 +165,11 @@ class Plan:
                 for i in self.to_remove]
 
 
-def cleanup(paths: Paths, keep: int = 0, execute: bool = False) -> Plan:
+def cleanup(paths: Paths, keep: int = 0, execute: bool = False, busy: str | None = None) -> Plan:
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise NvkmdError(ErrorCode.INVALID_ARGUMENT, f"keep: expected an integer >= 0, got {keep!r}")
     running = paths.running_kernel()
-    items = decide(facts(paths), running, keep)
+    items = decide(facts(paths), running, keep, busy)
     if execute:
         items = [dataclasses.replace(i, done=_remove(paths, i)) if i.action == "remove" else i
                  for i in items]

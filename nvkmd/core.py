@@ -27,6 +27,7 @@ from typing import Callable
 import structlog
 
 from . import __version__
+from . import cleanup as modcleanup
 from . import pkgdb
 from .buildlog import latest_log, tail
 from .config import Config
@@ -598,8 +599,13 @@ class Core:
         snap = self.snapshot
         if snap is None:
             raise NvkmdError(ErrorCode.BUSY, "the daemon is starting")
-        doomed = cleanup_plan(self.paths, set(snap.kernels), keep,
-                              self._current.kernel if self._current else None)
+        busy = self._current.kernel if self._current else None
+        # Modules follow cleanup.py (kernels that are gone, --keep N newest,
+        # never the running or building kernel, DKMS's through dkms remove);
+        # logs and cached builds of gone kernels are pruned here as before.
+        plan_ = modcleanup.cleanup(self.paths, keep, execute, busy)
+        doomed = [p for p in cleanup_plan(self.paths, set(snap.kernels), keep, busy)
+                  if p.name != "nvkmd"]
         if execute:
             for p in doomed:
                 if p.is_dir() and not p.is_symlink():
@@ -609,9 +615,9 @@ class Core:
                         p.unlink()
                 if p.name == "nvkmd" and p.parent.name == "updates":
                     _remove_leftover_kernel_dir(p.parent.parent)
-            log.info("cleanup done", removed=len(doomed), keep=keep)
+            log.info("cleanup done", removed=len(doomed) + len(plan_.to_remove), keep=keep)
             self._poke(now=True)
-        return [str(p) for p in doomed]
+        return plan_.paths(self.paths) + [str(p) for p in doomed]
 
     def rescan(self) -> None:
         self._poke(full=True, now=True)

@@ -17,7 +17,6 @@ directories.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path

@@ -62,6 +62,8 @@ def test_decide_is_pure_and_never_removes_the_running_kernel():
     assert "7.0" not in [i.release for i in items]       # nothing of ours or DKMS's there
     assert all(i.action == "keep" for i in cl.decide(facts, running="3.0", keep=1)
                if i.release == "3.0")
+    assert [i.reason for i in cl.decide(facts, "9.9", 0, busy="3.0") if i.release == "3.0"] \
+        == ["building"]
 
 
 def test_dry_run_lists_what_would_go_and_changes_nothing(machine, root):
@@ -113,6 +115,18 @@ def test_execute_removes_and_tidies_but_never_the_running_kernel(machine, root):
 def test_a_removed_kernel_with_only_our_modules_disappears(root, machine, monkeypatch):
     paths, k = machine
     shutil.rmtree(root.modules / GONE / "extra")
-    cl.cleanup(paths, execute=True)
-    assert not (root.modules / GONE).exists()
-    assert (root.modules / k / "build").is_symlink()      # installed kernels keep everything
+    # headers alone keep a kernel installed (nvkmd would rebuild for it at once) ...
+    (root.path / "boot" / f"vmlinuz-{k}").unlink()
+    assert cl.kernel_installed(paths, k)
+    build = root.modules / GONE / "build"
+    build.symlink_to((root.modules / k / "build").resolve())
+    assert cl.kernel_installed(paths, GONE)
+    # ... dangling header links (the headers package is gone too) do not
+    build.unlink()
+    build.symlink_to("/usr/src/linux-headers-0.0-gone")
+    assert not cl.kernel_installed(paths, GONE)
+    plan = cl.cleanup(paths, execute=True)
+    assert plan.paths(paths) == [str(root.nvkmd_dir(GONE))]
+    assert not (root.modules / GONE / "updates").exists()
+    assert [p.name for p in (root.modules / GONE).iterdir()] == ["build"]   # not ours to delete
+    assert (root.modules / k / "build").is_symlink()

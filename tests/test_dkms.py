@@ -205,16 +205,19 @@ def test_cleanup_removes_dkms_modules_of_removed_kernels_with_dkms_remove(real_d
     kbuild = Config(**{**config.__dict__, "build_backend": "kbuild"})
     assert build(paths, config, k47)[0].result == "success"
     assert build(paths, kbuild, k56)[0].result == "success"
-    # Only headers are installed for these kernels (no image): both count as removed,
-    # but k56 is the running kernel and must stay.
-    monkeypatch.setenv("NVKMD_RUNNING_KERNEL", k56)
-    dry = cleanup.cleanup(paths)
+    # Both have headers, so both count as installed: --keep 1 keeps the newer
+    # one's (nvkmd's) modules and removes DKMS's from the older through dkms remove.
+    monkeypatch.setenv("NVKMD_RUNNING_KERNEL", "0.0.0-not-installed")
+    assert cleanup.cleanup(paths).to_remove == []
+    dry = cleanup.cleanup(paths, keep=1)
     assert [(i.release, i.what) for i in dry.to_remove] == [(k47, "dkms nvidia/9.9.1")]
-    assert f"  ✓ {k56} (running): nvkmd" in dry.lines()
+    assert f"  ✓ {k56} (newest 1): nvkmd" in dry.lines()
+    assert dry.paths(paths) == [str(SYSTEM_MODULES / k47 / "updates/dkms/nvidia-modeset.ko"),
+                                str(SYSTEM_MODULES / k47 / "updates/dkms/nvidia.ko")]
     assert "installed" in dkms_status(k47)
-    done = cleanup.cleanup(paths, execute=True)
+    done = cleanup.cleanup(paths, keep=1, execute=True)
     assert [i.done for i in done.to_remove] == ["removed"]
     assert "installed" not in dkms_status(k47)
-    assert not (SYSTEM_MODULES / k47 / "updates").exists()
+    assert not (SYSTEM_MODULES / k47 / "updates" / "dkms").exists()
     assert (SYSTEM_MODULES / k47 / "build").is_symlink()          # headers untouched
     assert (SYSTEM_MODULES / k56 / "updates" / "nvkmd" / "nvidia.ko").is_file()
