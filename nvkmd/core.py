@@ -115,6 +115,8 @@ class Core:
         self._build_task: asyncio.Task | None = None
         self._cancel: tuple[str, bool] | None = None     # (cause, hold back a retry)
         self._critical = threading.Event()
+        # More on_critical hooks, e.g. the daemon's logind shutdown inhibitor.
+        self.critical_hooks: list[Callable[[bool], None]] = []
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
 
@@ -170,6 +172,11 @@ class Core:
     def _on_critical(self, entering: bool) -> None:
         # Called from the install thread.
         (self._critical.set if entering else self._critical.clear)()
+        for hook in list(self.critical_hooks):
+            try:
+                hook(entering)
+            except Exception:   # a hook must never break an install
+                log.exception("on_critical hook failed", hook=repr(hook))
 
     def reload(self, config: Config) -> None:
         """A new configuration (SIGHUP).  Directories are fixed at start."""

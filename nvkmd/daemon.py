@@ -82,6 +82,7 @@ class Daemon:
         watcher = Watcher(loop, self.core.on_watch_event)
         self.core.watcher = watcher
         tasks: list[asyncio.Task] = []
+        inhibitor = None
         stopper = asyncio.create_task(self.stop_requested.wait())
         try:
             # The first scan can take a while (unpacking a source tarball):
@@ -98,6 +99,7 @@ class Daemon:
                 line = self.core.status_line()
                 self.notifier.ready(line)
                 log.info("ready", status=line)
+                inhibitor = await self._start_inhibitor()
                 tasks = self.core.run()
                 interval = watchdog_interval()
                 if interval:
@@ -128,8 +130,31 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             watcher.close()
+            if inhibitor is not None:
+                inhibitor.close()
         log.info("stopped", exit_code=self.exit_code)
         return self.exit_code
+
+    async def _start_inhibitor(self):
+        """logind's delay lock on shutdown while modules are swapped in
+        (nvkmd.bus.logind, on the daemon's bus); None without one."""
+        if self.args.bus == "none" or _bus_adapter() is None:
+            log.info("no D-Bus: module installs will not delay shutdown")
+            return None
+        from .bus.logind import ShutdownInhibitor
+        inhibitor = ShutdownInhibitor(self.args.bus, asyncio.get_running_loop())
+        try:
+            # A bus that does not answer must not hold the daemon up.
+            found = await asyncio.wait_for(inhibitor.start(), 10)
+        except asyncio.TimeoutError:
+            log.info("no logind: module installs will not delay shutdown",
+                     reason="the bus did not answer within 10s")
+            found = False
+        if not found:
+            inhibitor.close()
+            return None
+        self.core.critical_hooks.append(inhibitor)
+        return inhibitor
 
     def _start_bus(self) -> asyncio.Task | None:
         if self.args.bus == "none":

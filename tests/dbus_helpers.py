@@ -59,13 +59,13 @@ class PrivateBus:
     """``dbus-daemon --nofork --print-address`` with a generated config."""
 
     def __init__(self, *, polkit: bool = False, activation: bool = False,
-                 limits: dict[str, int] | None = None):
+                 limits: dict[str, int] | None = None, includes: tuple[Path, ...] = ()):
         # A world-searchable directory: clients running as nobody must reach
         # the socket (pytest's tmp_path is private to root).
         self.dir = Path(tempfile.mkdtemp(prefix="nvkmd-bus-"))
         self.dir.chmod(0o755)
         self.socket = self.dir / "bus"
-        includes = [BUSCONFIG] + ([POLKIT_BUSCONFIG] if polkit else [])
+        includes = [BUSCONFIG] + ([POLKIT_BUSCONFIG] if polkit else []) + list(includes)
         servicedir = ""
         if activation:
             services = self.dir / "services"
