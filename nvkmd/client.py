@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
+from dbus_fast import BusType, Message, MessageFlag, MessageType, NameFlag, RequestNameReply, \
+    Variant
 from dbus_fast.aio import MessageBus
 
 from . import api
@@ -329,6 +330,16 @@ class Notifications:
                 return ""
             raise
         return name
+
+    async def own(self, name: str) -> bool:
+        """Take ``name`` on the session bus, not queueing: False if another
+        connection has it (one agent per session)."""
+        try:
+            reply = await self.conn.request_name(name, NameFlag.DO_NOT_QUEUE)
+        except Exception as e:
+            raise NvkmdError(ErrorCode.UNREACHABLE, f"cannot own {name} on the session bus: {e}") \
+                from None
+        return reply in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER)
 
     async def activatable(self) -> bool:
         """Whether the bus starts a server on the first call (most desktops)."""
