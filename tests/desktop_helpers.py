@@ -37,6 +37,8 @@ SESSION_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Conf
   <!-- No <servicedir>: the host's dunst activation file must not start a
        server behind the test's back. -->
   <policy context="default">
+    <!-- Any user: an agent test runs the agent as nobody. -->
+    <allow user="*"/>
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
@@ -79,9 +81,11 @@ def _need(*programs: str) -> None:
 
 
 class SessionBus:
-    def __init__(self, tmp: Path):
+    def __init__(self):
         _need("dbus-daemon")
-        self.dir = Path(tempfile.mkdtemp(prefix="nvkmd-session-", dir=tmp))
+        # World-searchable, unlike pytest's tmp_path: the agent may run as nobody.
+        self.dir = Path(tempfile.mkdtemp(prefix="nvkmd-session-"))
+        self.dir.chmod(0o755)
         self.config = self.dir / "session.conf"
         self.config.write_text(SESSION_CONF.format(socket=self.dir / "bus"))
         self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={self.config}", "--nofork",
@@ -93,6 +97,7 @@ class SessionBus:
 
     def stop(self) -> None:
         _terminate(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Xvfb:
@@ -243,7 +248,7 @@ class Desktop:
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        self.session = SessionBus(tmp)
+        self.session = SessionBus()
         self.xvfb = Xvfb()
         self.monitor = Monitor(self.session)
         self.dunst = Dunst(self.session, self.xvfb, tmp)
@@ -271,10 +276,15 @@ class AgentProcess:
     ``desktop``: its session bus, its $HOME (XDG_* unset, so the defaults
     under $HOME are what is tested)."""
 
-    def __init__(self, desktop: Desktop, bus_address: str, log_path: Path):
+    def __init__(self, desktop: Desktop, bus_address: str, log_path: Path, as_nobody: bool = False):
         self.desktop = desktop
         self.bus_address = bus_address
         self.log_path = log_path
+        self.as_nobody = as_nobody
+        self.home = desktop.home
+        if as_nobody:
+            self.home = Path(tempfile.mkdtemp(prefix="nvkmd-home-"))
+            shutil.chown(self.home, "nobody", "nogroup")
         self.proc: subprocess.Popen | None = None
         self.runs = 0
         self._mark = 0
@@ -282,17 +292,23 @@ class AgentProcess:
     def start(self) -> "AgentProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
         env.update(DBUS_SESSION_BUS_ADDRESS=self.desktop.session.address,
-                   HOME=str(self.desktop.home), PYTHONUNBUFFERED="1")
+                   HOME=str(self.home), PYTHONUNBUFFERED="1")
         env.pop("DISPLAY", None)
+        cmd = [sys.executable, "-m", "nvkmd.agent", "--bus", self.bus_address, "-v"]
+        if self.as_nobody:
+            from dbus_helpers import NOBODY, nobody_python
+            py, base = nobody_python()
+            user_env = {**base, "DBUS_SESSION_BUS_ADDRESS": env["DBUS_SESSION_BUS_ADDRESS"],
+                        "HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+            cmd = [*NOBODY, "env", "-i", *(f"{k}={v}" for k, v in user_env.items()), *py,
+                   *cmd[1:]]
         self.runs += 1
         with open(self.log_path, "a") as out:
             out.write(f"----- agent start #{self.runs}\n")
         self._mark = len(self.log_path.read_text())
         with open(self.log_path, "a") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "nvkmd.agent", "--bus",
-                                          self.bus_address, "-v"], stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=REPO, env=env)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=REPO, env=env)
         return self
 
     def text(self, this_run: bool = True) -> str:
@@ -345,8 +361,8 @@ def agent_factory(tmp_path, desktop):
     printed at teardown (pytest shows it for a failed test)."""
     made: list[AgentProcess] = []
 
-    def make(bus_address: str, start: bool = True) -> AgentProcess:
-        a = AgentProcess(desktop, bus_address, tmp_path / f"agent-{len(made)}.log")
+    def make(bus_address: str, start: bool = True, as_nobody: bool = False) -> AgentProcess:
+        a = AgentProcess(desktop, bus_address, tmp_path / f"agent-{len(made)}.log", as_nobody)
         made.append(a)
         return a.start() if start else a
     yield make
@@ -358,3 +374,5 @@ def agent_factory(tmp_path, desktop):
                 pass
         print(f"===== agent log {a.log_path}")
         print(a.text(this_run=False))
+        if a.as_nobody:
+            shutil.rmtree(a.home, ignore_errors=True)

@@ -4,12 +4,12 @@ notification server (under Xvfb) on a private session bus."""
 
 from __future__ import annotations
 
-import shutil
+import pwd
 from pathlib import Path
 
 from dbus_helpers import bus, bus_daemon, bus_factory, run  # noqa: F401
 from desktop_helpers import agent_factory, desktop  # noqa: F401
-from helpers import TestRoot, need_kernels, wait_for
+from helpers import need_kernels, wait_for
 
 FAST = "[daemon]\ndebounce_s = 0.2\n"
 # A call with too few arguments: the compiler's error names the function,
@@ -30,7 +30,7 @@ def boot_body(k: str) -> str:
             f"{HINT[0].upper()}{HINT[1:]}.")
 
 
-def tiny(root: TestRoot, broken: bool = False) -> Path:
+def tiny(root, broken: bool = False) -> Path:
     tree = root.add_tiny_source()
     root.configure(root.config_text + FAST)
     if broken:
@@ -256,4 +256,23 @@ def test_a_bad_config_is_one_warning_and_the_defaults(root, bus, bus_daemon, des
     bus_daemon(root, bus)
     # The defaults: success notifications on.
     desktop.monitor.wait_notify(f"NVIDIA modules ready for {k}")
+    assert agent.stop() == 0
+
+
+def test_the_agent_needs_no_privileges(root, bus, bus_daemon, desktop, agent_factory):
+    """As the user nobody, on the system-like bus with the project's
+    busconfig: it reads the status, gets the signals and notifies."""
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    tiny(root, broken=True)
+    desktop.start_server()
+    agent = agent_factory(bus.address, as_nobody=True)
+    agent.wait_log(r"event='ready'.*daemon='absent'")
+    bus_daemon(root, bus)
+    failed = f"NVIDIA module build failed for {k}"
+    (fail,) = desktop.monitor.wait_notify(failed)
+    assert fail["body"] == FAILED_BODY
+    desktop.monitor.wait_notify(BOOT_SUMMARY)
+    state = agent.home / ".local" / "state" / "nvkmd" / "agent-state.json"
+    assert state.is_file() and state.stat().st_uid == pwd.getpwnam("nobody").pw_uid
     assert agent.stop() == 0

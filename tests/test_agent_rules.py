@@ -226,3 +226,8 @@ def test_a_bad_state_file_is_a_warning_and_an_empty_memory(tmp_path, content):
     assert seen.keys == []
     seen.add("x")                                # and it is repaired on the next write
     assert json.loads(path.read_text())["shown_failures"] == ["x"]
+
+
+def test_the_documented_example_is_the_defaults():
+    from helpers import REPO
+    assert parse_config((REPO / "etc" / "nvkmd-agent.toml").read_text()) == AgentConfig()
