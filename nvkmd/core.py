@@ -123,6 +123,7 @@ class Core:
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
         """Open the queue, recover from a crash, scan once."""
+        await asyncio.to_thread(reap_orphan_builds, self.paths.build_root)
         # Opened on the loop's thread, which is the only one that uses it.
         self.store = JobStore(self.paths.database)
         requeued, given_up = self.store.recover()
@@ -611,7 +612,7 @@ class Core:
         # never the running or building kernel, DKMS's through dkms remove);
         # logs and cached builds of gone kernels are pruned here as before.
         plan_ = modcleanup.cleanup(self.paths, keep, execute, busy)
-        doomed = [p for p in cleanup_plan(self.paths, set(snap.kernels), keep, busy)
+        doomed = [p for p in cleanup_plan(self.paths, set(snap.kernels), self.config.logs_keep, busy)
                   if p.name != "nvkmd"]
         if execute:
             for p in doomed:
@@ -630,6 +631,46 @@ class Core:
         self._poke(full=True, now=True)
 
 
+def reap_orphan_builds(build_root: Path) -> list[int]:
+    """Kill what a killed predecessor left building; returns the process groups.
+
+    make runs in its own session, so a daemon killed with SIGKILL (outside
+    systemd, which would kill the whole cgroup) leaves it running, writing
+    into the build tree the next attempt is about to replace.  Anything whose
+    working directory is inside nvkmd's private build root is such a leftover.
+    """
+    import os
+    import signal
+    root = str(build_root.resolve()) + "/"
+    own = os.getpgrp()
+    groups: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            if (cwd + "/").startswith(root):
+                groups.add(os.getpgid(int(entry.name)))
+        except OSError:
+            continue
+    groups.discard(own)
+    for pgid in sorted(groups):
+        log.warning("killing a build left over by a previous nvkmd", pgid=pgid)
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+    killed = sorted(groups)
+    # Zombies count as alive here; a PID 1 that never reaps them only costs the 5 s.
+    deadline = time.monotonic() + 5
+    while groups and time.monotonic() < deadline:
+        for pgid in list(groups):
+            try:
+                os.killpg(pgid, 0)
+            except OSError:
+                groups.discard(pgid)
+        time.sleep(0.05)
+    return killed
+
+
 def _remove_leftover_kernel_dir(kdir: Path) -> None:
     """Once nvkmd's modules are gone from a removed kernel's directory, the
     depmod files beside them are ours too; the directory goes if empty."""
@@ -643,10 +684,11 @@ def _remove_leftover_kernel_dir(kdir: Path) -> None:
             d.rmdir()
 
 
-def cleanup_plan(paths: Paths, installed: set[str], keep: int, busy: str | None) -> list[Path]:
-    """What ``cleanup`` removes: nvkmd's modules left in the directories of
-    kernels that are gone, build logs beyond ``keep`` per kernel (all the
-    logs of kernels that are gone), and cached builds of kernels that are gone."""
+def cleanup_plan(paths: Paths, installed: set[str], logs_keep: int, busy: str | None) -> list[Path]:
+    """What ``cleanup`` removes besides modules: build logs beyond
+    ``logs_keep`` (the configured logs.keep) per kernel, all the logs and
+    cached builds of kernels that are gone; and nvkmd's modules left in the
+    directories of kernels that are gone (Core.cleanup leaves those to cleanup.py)."""
     out: list[Path] = []
     for d in paths.modules_dirs:
         try:
@@ -666,7 +708,7 @@ def cleanup_plan(paths: Paths, installed: set[str], keep: int, busy: str | None)
             continue
         logs = sorted(kdir.glob("build-*.log"))
         gone = kdir.name not in installed
-        out.extend(logs if gone else logs[:max(0, len(logs) - keep)])
+        out.extend(logs if gone else logs[:max(0, len(logs) - logs_keep)])
         if gone and (kdir / "latest.log").is_symlink():
             out.append(kdir / "latest.log")
     for root in (paths.products_root, paths.build_root):
