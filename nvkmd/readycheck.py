@@ -118,12 +118,15 @@ def finished_of(job: JobInfo) -> JobFinished:
     return JobFinished(job.id, job.kernel, job.result or job.state, job.cause, job.hint, job.log)
 
 
-def settle(release: str, finished: JobFinished) -> tuple[int, str]:
-    """Exit status and the one line to print once the awaited job ended."""
+def settle(release: str, finished: JobFinished, first_error: str = "") -> tuple[int, str]:
+    """Exit status and the one line to print once the awaited job ended;
+    ``first_error`` is the log's first error line, shown beside the cause."""
     if finished.result == "success":
         return EXIT_READY, f"{release}: NVIDIA modules built and installed"
     cause = finished.cause or f"the build {finished.result}"
     line = f"{release}: NVIDIA module build {finished.result}: {cause}"
+    if first_error and first_error not in cause:
+        line += f": {first_error.strip()}"
     if finished.log:
         line += f" (log: {finished.log})"
     return EXIT_FAILED, line
@@ -196,6 +199,7 @@ class Waiter:
         self.last_log = ""
         self.unreachable_since: float | None = None
         self.last_error = ""
+        self.where = ""              # "queued", or the last phase and percent
 
     def remaining(self) -> float:
         return max(self.deadline - self.clock(), 0.0)
@@ -203,8 +207,17 @@ class Waiter:
     def keep_alive(self, status: str) -> None:
         self.notifier.send(status=status, extend_timeout_usec=extend_usec(self.deadline, self.clock()))
 
+    def note(self, line: str) -> None:
+        """A waiting state: printed once, sent to systemd every time."""
+        self.where = "queued"
+        if self.shown != (line, -1):
+            self.shown = (line, -1)
+            say(line)
+        self.keep_alive(line)
+
     def progress(self, phase: str, percent: int) -> None:
         # One line per phase and per 10%: readable on a boot console.
+        self.where = f"{phase} {percent}%"
         step = (phase, percent // 10)
         if step != self.shown:
             self.shown = step
@@ -301,7 +314,7 @@ class Waiter:
         step = judge(self.release, status.state, kernel, status.jobs, self.job_id)
         if step.action == "finished":
             job = next(j for j in status.jobs if j.id == step.job_id)
-            code, line = settle(self.release, finished_of(job))
+            code, line = self._settle(finished_of(job))
             (say if code == EXIT_READY else fail)(line)
             return code
         if step.action == "ready":
@@ -321,9 +334,13 @@ class Waiter:
                 say(f"waiting for nvkmd's job {step.job_id} for {self.release}")
             self.job_id = step.job_id
         job = next((j for j in status.jobs if self.job_id and j.id == self.job_id), None)
-        if job is not None:
+        if job is not None and job.state == "queued":
+            why = " (nvkmd waits for a package manager to finish)" \
+                if status.state == "waiting-for-lock" else ""
+            self.note(f"nvkmd's job {job.id} for {self.release} is queued{why}")
+        elif job is not None:
             self.last_log = job.log or self.last_log
-            self.progress(job.phase or job.state, job.percent)
+            self.progress(job.phase or "prepare", job.percent)
         else:
             self.keep_alive(f"waiting for {self.release}")
         return await self._wait_news(events)
@@ -351,13 +368,26 @@ class Waiter:
         if isinstance(ev, JobProgress) and ev.job_id == self.job_id:
             self.progress(ev.phase, ev.percent)
         elif isinstance(ev, JobFinished) and ev.job_id == self.job_id:
-            code, line = settle(self.release, ev)
+            code, line = self._settle(ev)
             (say if code == EXIT_READY else fail)(line)
             return code
         return None
 
+    def _settle(self, finished: JobFinished) -> tuple[int, str]:
+        first_error = ""
+        if finished.result != "success" and finished.log:
+            # The daemon's signal names the cause; the log itself shows the
+            # line a person needs first.  Reading it is files only.
+            from . import diagnose
+            try:
+                text = open(finished.log, errors="replace").read()
+            except OSError:
+                text = ""
+            first_error = diagnose.diagnose(text).first_error if text else ""
+        return settle(self.release, finished, first_error)
+
     def _timed_out(self) -> int:
-        where = f"{self.shown[0]} " if self.shown[0] else ""
+        where = f"{self.where}, " if self.where else ""
         log = f"; log: {self.last_log}" if self.last_log else ""
         fail(f"{self.release}: timed out waiting for nvkmd's build ({where}job {self.job_id}); "
              f"it goes on in the background{log}")

@@ -120,6 +120,8 @@ def test_settle_and_extend():
     code, line = settle(k, JobFinished(1, k, "failed", "kernel API change: foo", "hint", "/var/log/x.log"))
     assert code == EXIT_FAILED and "kernel API change: foo" in line and "/var/log/x.log" in line
     assert "\n" not in line
+    code, line = settle(k, JobFinished(1, k, "failed", "the build failed", "", "/l"), "x.c:1: error: y")
+    assert line == f"{k}: NVIDIA module build failed: the build failed: x.c:1: error: y (log: /l)"
     assert extend_usec(100.0, 40.0) == int((60 + EXTEND_MARGIN_S) * 1e6)
     assert extend_usec(100.0, 140.0) == int(EXTEND_MARGIN_S * 1e6)
 
