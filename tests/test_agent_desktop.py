@@ -191,7 +191,7 @@ def test_show_log_opens_the_build_log(root, bus, bus_daemon, desktop, agent_fact
     assert log.is_file()
     # A click on the first notification on screen (the failure): dunst
     # invokes its default action, "Show log".
-    assert desktop.dunst.displayed() == 2
+    wait_for(lambda: desktop.dunst.displayed() == 2, 30, "dunst to display both")
     desktop.dunst.ctl("action", "0")
     copy = opened / log.name
     wait_for(copy.is_file, 30, "the log viewer to run")
