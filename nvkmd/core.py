@@ -37,11 +37,13 @@ from .engine import Engine, Outcome
 from .errors import ErrorCode, NvkmdError, invalid
 from .jobs import JobStore, next_job, ordered
 from .kernels import NVKMD_SUBDIR, check_release
-from .model import (DaemonStatus, Event, JobFinished, JobInfo, JobProgress, JobQueued, KernelStatus,
+from .model import (DaemonStatus, DriverInfo, Event, JobFinished, JobInfo, JobProgress, JobQueued,
+                    KernelStatus,
                     LastBuild, SourceInfo, StateChanged)
 from .notify import status_line
 from .paths import Paths
 from .progress import Progress
+from .versions import driver_info
 
 log = structlog.get_logger()
 
@@ -98,6 +100,9 @@ class Core:
         self.engine = Engine(paths, config, on_critical=self._on_critical)
         self.store: JobStore | None = None
         self.snapshot: Snapshot | None = None
+        # Versions and Secure Boot for status (versions.driver_info), per rescan.
+        self.driver = DriverInfo()
+        self._driver_task: asyncio.Task | None = None
         self.debouncer = Debouncer(config.daemon_debounce_s)
         self.state = "starting"
         self.waiting_for = ""
@@ -265,6 +270,7 @@ class Core:
         if snap.source.error and (old is None or old.source.error != snap.source.error):
             log.error("no usable driver source", error=snap.source.error)
         self.snapshot = snap
+        self._refresh_driver()
         self._apply_plan(changes)
         if old is None or old.source != snap.source or old.kernels != snap.kernels:
             # Kernels' states may have changed (a module now current): tell
@@ -272,6 +278,15 @@ class Core:
             self._emit_state()
         log.debug("rescan done", kernels=len(snap.kernels), active=len(self.store.active()) if self.store else 0,
                   **_given(source=snap.source.version))
+
+    def _refresh_driver(self) -> None:
+        """Re-read versions and Secure Boot beside the rescan, never delaying it."""
+        async def refresh() -> None:
+            try:
+                self.driver = await asyncio.to_thread(driver_info, self.paths, self.config)
+            except Exception:   # a report must never stop the daemon from building
+                log.exception("cannot read the driver's versions and Secure Boot state")
+        self._driver_task = asyncio.get_running_loop().create_task(refresh())
 
     def _apply_plan(self, changes: list[Change]) -> None:
         assert self.store and self.snapshot
@@ -490,7 +505,7 @@ class Core:
         snap = self.snapshot
         src = snap.source if snap else None
         info = SourceInfo(src.path, src.version, src.kind, src.error) if src else SourceInfo("", "", "")
-        return DaemonStatus(__version__, self.state, info, self.kernels(), self.jobs(10))
+        return DaemonStatus(__version__, self.state, info, self.kernels(), self.jobs(10), self.driver)
 
     def kernels(self) -> list[KernelStatus]:
         snap = self.snapshot

@@ -115,18 +115,39 @@ class SourceInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class DriverInfo:
+    """Does the driver fit together: module, user space, firmware, Secure Boot
+    (``versions.driver_info``).  Every field is "" when it does not apply."""
+    kernel: str = ""              # whose module was looked at (running, else newest with one)
+    module_version: str = ""
+    userspace_version: str = ""   # from libnvidia-*.so.<ver>/libcuda.so.<ver>, or the package DB
+    userspace_from: str = ""      # libraries | dpkg | pacman | rpm
+    firmware: str = ""            # present | missing (GSP firmware for module_version)
+    secure_boot: str = "unknown"  # enabled | disabled | unknown
+    signing_key: str = ""         # nvkmd's/DKMS's certificate: enrolled | not enrolled | unknown
+    module_signature: str = ""    # unsigned | signed | signed, key enrolled | signed, key not enrolled
+    hint: str = ""                # what to do about a mismatch, "" when all is well
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DriverInfo":
+        return _fromdict(cls, d)
+
+
+@dataclasses.dataclass(frozen=True)
 class DaemonStatus:
     version: str
     state: str                  # one of DAEMON_STATES
     source: SourceInfo
     kernels: list[KernelStatus]
     jobs: list[JobInfo]
+    driver: DriverInfo = DriverInfo()
 
     def to_dict(self) -> dict[str, Any]:
         return {"daemon": {"version": self.version, "state": self.state},
                 "source": _asdict(self.source),
                 "kernels": [k.to_dict() for k in self.kernels],
-                "jobs": [j.to_dict() for j in self.jobs]}
+                "jobs": [j.to_dict() for j in self.jobs],
+                "driver": _asdict(self.driver)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DaemonStatus":
@@ -134,7 +155,8 @@ class DaemonStatus:
         return cls(version=daemon.get("version", ""), state=daemon.get("state", ""),
                    source=SourceInfo.from_dict(d.get("source", {})),
                    kernels=[KernelStatus.from_dict(k) for k in d.get("kernels", [])],
-                   jobs=[JobInfo.from_dict(j) for j in d.get("jobs", [])])
+                   jobs=[JobInfo.from_dict(j) for j in d.get("jobs", [])],
+                   driver=DriverInfo.from_dict(d.get("driver", {})))
 
 
 # -- events the core emits (the D-Bus adapter turns them into signals) ------

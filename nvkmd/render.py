@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .model import DaemonStatus, JobInfo, KernelStatus
+from .model import DaemonStatus, DriverInfo, JobInfo, KernelStatus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,7 @@ def status_text(s: DaemonStatus, g: Glyphs = UNICODE) -> str:
         out.append(f"{'Driver:':<16}none found" + (f" ({src.error})" if src.error else ""))
     if src.path and src.error:
         out.append(f"{'Source Error:':<16}{src.error}")
+    out.extend(driver_lines(s.driver, g))
     out.append("")
     out.append(f"Installed Kernels ({len(s.kernels)}):")
     for k in s.kernels:
@@ -108,6 +109,27 @@ def status_text(s: DaemonStatus, g: Glyphs = UNICODE) -> str:
     if not active:
         out.append("  (none)")
     return "\n".join(out) + "\n"
+
+
+def driver_lines(d: DriverInfo, g: Glyphs = UNICODE) -> list[str]:
+    """Versions, firmware and Secure Boot (versions.driver_info)."""
+    out = []
+    if d.module_version:
+        out.append(f"{'Module:':<16}{d.module_version} (for {d.kernel})")
+        space = f"{d.userspace_version} (from {d.userspace_from})" if d.userspace_version \
+            else "not found"
+        mark = g.ok if d.userspace_version == d.module_version else g.bad
+        out.append(f"{'User Space:':<16}{space}" + (f" {mark}" if d.userspace_version else ""))
+        out.append(f"{'GSP Firmware:':<16}{d.firmware or 'unknown'}")
+    sb = d.secure_boot
+    if d.signing_key:
+        sb += f", signing key {d.signing_key}"
+    if d.module_signature:
+        sb += f", module {d.module_signature}"
+    out.append(f"{'Secure Boot:':<16}{sb}")
+    if d.hint:
+        out.append(f"{'Hint:':<16}{d.hint}")
+    return out
 
 
 def kernels_text(ks: list[KernelStatus], g: Glyphs = UNICODE) -> str:

@@ -113,7 +113,7 @@ def test_status_round_trips_through_the_wire_to_exactly_the_json_shape():
     back = DaemonStatus.from_dict(unwrap(wire.status(s)))
     assert back.to_dict() == s.to_dict()
     d = back.to_dict()
-    assert set(d) == {"daemon", "source", "kernels", "jobs"}
+    assert set(d) == {"daemon", "source", "kernels", "jobs", "driver"}
     assert set(d["daemon"]) == {"version", "state"}
     assert d["kernels"][0]["last_build"]["cause"] == "kernel API change in the driver source"
     assert d["kernels"][1]["last_build"] is None

@@ -76,4 +76,5 @@ def status(s: DaemonStatus) -> dict[str, Variant]:
         "source": Variant("a{sv}", record(s.source)),
         "kernels": Variant("aa{sv}", records(s.kernels)),
         "jobs": Variant("aa{sv}", records(s.jobs)),
+        "driver": Variant("a{sv}", record(s.driver)),
     }
