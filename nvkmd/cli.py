@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .errors import ErrorCode, NvkmdError
+from .localcmds import setup_fix, setup_source
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -361,6 +362,11 @@ COMMANDS: list[Command] = [
     # Files only when the module is there; D-Bus only when it is not (readycheck.py).
     Command("wait-ready", "wait until the running kernel (or -k K) has its NVIDIA module, "
             "building it if needed", setup_wait_ready, "nvkmd.readycheck:cmd_wait_ready"),
+    # Run here, as root; builds go through the daemon (localcmds.py).
+    Command("source", "the driver source: status, init PATH, update, sync (init, update "
+            "and sync need root)", setup_source, "nvkmd.localcmds:cmd_source"),
+    Command("fix", "tidy, rebuild what is missing, run depmod where stale, and say what "
+            "was done (needs root)", setup_fix, "nvkmd.localcmds:cmd_fix"),
 ]
 
 

@@ -228,7 +228,7 @@ class SourceStatus:
         return dataclasses.asdict(self)
 
     def lines(self) -> list[str]:
-        if self.error:
+        if not self.path:
             return [f"Source:          none ({self.error})"]
         kind = f"{self.kind} ({self.remote})" if self.remote else self.kind
         out = [f"Source Path:     {self.path}", f"Source Type:     {kind}"]
@@ -241,24 +241,39 @@ class SourceStatus:
         if self.link:
             out += [f"Linked As:       {self.link}"]
         out += [f"DKMS Registered: {'yes (' + self.dkms + ')' if self.dkms else 'no'}"]
+        if self.error:
+            out += [f"Problem:         {self.error}"]
         return out
 
 
 def status(paths: Paths, config: Config) -> SourceStatus:
+    """Read-only: a Debian tarball not unpacked yet is named, not unpacked."""
     try:
-        src = discover(paths, config)
+        src = discover(paths, config, unpack=False)
     except NvkmdError as e:
+        from .source import candidates
+        found = candidates(paths) if config.source_path == "auto" else []
+        if found:
+            return SourceStatus(str(found[-1][1]), found[-1][0], error=e.message)
         return SourceStatus("", "", error=e.message)
     co = checkout_of(src)
-    reg = dkms.registration_for(paths, src)
+    try:
+        reg = dkms.registration_for(paths, src)
+    except NvkmdError as e:
+        reg = None
+        src_error = e.message
+    else:
+        src_error = ""
     regs = reg.spec if reg else ""
     if co is None:
-        return SourceStatus(str(src.origin), src.kind, version=src.version, dkms=regs)
+        return SourceStatus(str(src.origin), src.kind, version=src.version, dkms=regs,
+                            error=src_error)
     link = _link_for(paths, co)
     if not is_git(co.top):
-        return SourceStatus(str(co.top), "path", version=co.version, link=link, dkms=regs)
+        return SourceStatus(str(co.top), "path", version=co.version, link=link, dkms=regs,
+                            error=src_error)
     return SourceStatus(str(co.top), "git", remote_url(co.top), current_tag(co.top),
-                        newest_tag(tags(co.top)), co.version, link, regs)
+                        newest_tag(tags(co.top)), co.version, link, regs, src_error)
 
 
 def _link_for(paths: Paths, co: Checkout) -> str:
