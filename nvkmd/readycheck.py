@@ -406,4 +406,16 @@ def cmd_wait_ready(args) -> int:
     base = Paths.build(args.root)
     config = Config.load(base.config_file)
     paths = Paths.build(args.root, None, config)
-    return run(paths, config, args.kernel or None, args.timeout, args.bus)
+    if not getattr(args, "json", False):
+        return run(paths, config, args.kernel or None, args.timeout, args.bus)
+    # --json: the same lines, collected, then one object.
+    import contextlib
+    import io
+    import json
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        code = run(paths, config, args.kernel or None, args.timeout, args.bus)
+    lines = [line.removeprefix("nvkmd-ready: ") for line in buf.getvalue().splitlines()]
+    print(json.dumps({"kernel": args.kernel or paths.running_kernel(), "ready": code == EXIT_READY,
+                      "exit_status": code, "messages": lines}, indent=2))
+    return code

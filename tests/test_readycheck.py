@@ -150,3 +150,15 @@ def test_healthy_dkms_module_is_read_from_dkms_tree_without_running_dkms(tmp_pat
         assert "socket(" not in calls and calls.count("execve(") == 1, calls
     finally:
         real.restore()
+
+
+def test_json(root, tmp_path):
+    import json
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    root.add_tiny_source()
+    assert run_nvkmd("--once", "--root", str(root.path)).returncode == 0
+    proc = wait_ready(root.path, "wait-ready", "--json", env={**no_bus(tmp_path), "NVKMD_RUNNING_KERNEL": k})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"kernel": k, "ready": True, "exit_status": 0,
+                                       "messages": [f"{k} has NVIDIA modules 9.9.1 (git source)"]}

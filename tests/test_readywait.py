@@ -139,3 +139,23 @@ def test_daemon_down_is_a_clear_line_within_the_timeout(root, bus, tmp_path):
     lines = [line for line in w.text().splitlines() if "not reachable" in line]
     assert len(lines) == 1 and "nvkmd is not running (nothing owns io.github.nvkmd" in lines[0], w.text()
     assert "Traceback" not in w.text()
+
+
+def test_daemon_restart_while_waiting_is_survived(root, bus, bus_daemon, tmp_path):
+    """nvkmd crashes and systemd restarts it: wait-ready reconnects and
+    keeps following the (re-queued) job."""
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    root.add_tiny_source()
+    lck = pacman_lock(root)
+    daemon = bus_daemon(root, bus, env={"NVKMD_RUNNING_KERNEL": k})
+    job = daemon.wait_job(k, "queued")
+    w = WaitReady(tmp_path, root.path, bus.address, "--timeout", "300",
+                  env={"NVKMD_RUNNING_KERNEL": k})
+    w.wait_line(rf"nvkmd's job {job['id']} for {re.escape(k)} is queued")
+    daemon.kill9()
+    w.wait_line(r"nvkmd is not answering .*; waiting for it$")
+    daemon.start().wait_on_bus()
+    lck.unlink()
+    assert w.result() == EXIT_READY, w.text()
+    assert f"nvkmd-ready: {k}: NVIDIA modules built and installed" in w.text()
