@@ -110,6 +110,14 @@ def _print(args: argparse.Namespace, lines: list[str], data: Any) -> None:
         _out("\n".join(lines) + "\n")
 
 
+def _progress(args: argparse.Namespace):
+    """Where long-running output (make of the OS-agnostic objects) goes as it
+    happens: stdout, or stderr when stdout is JSON."""
+    import sys
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    return lambda line: print(line, file=stream, flush=True)
+
+
 def _finish(queue: DaemonQueue) -> int:
     import sys
     from .cli import EXIT_OK, exit_status
@@ -130,13 +138,14 @@ def cmd_source(args: argparse.Namespace) -> int:
         return 0
     if action == "init":
         r = sourcemgmt.init(paths, config, Path(args.path), register=True if args.dkms else None,
-                            exclude=args.exclude)
+                            exclude=args.exclude, log=_progress(args))
         _print(args, r.lines(), {"version": r.version, "tree": str(r.tree), "link": str(r.link),
                                  "dkms_conf": r.conf, "registered": r.registered, "notes": r.notes})
         return 0
     queue = DaemonQueue(args, paths, config)
     if action == "update":
-        u = sourcemgmt.update(paths, config, no_build=args.no_build, queue=queue)
+        u = sourcemgmt.update(paths, config, no_build=args.no_build, queue=queue,
+                              log=_progress(args))
         _print(args, u.lines(), {"path": str(u.path), "before": u.before, "after": u.after,
                                  "changed": u.changed, "jobs": u.jobs, "notes": u.notes})
     else:

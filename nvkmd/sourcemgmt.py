@@ -324,12 +324,63 @@ def _template(co: Checkout) -> tuple[str, str]:
     return "", "a hand-written dkms.conf"
 
 
+def binary_targets(top: Path) -> list[str]:
+    """The ``kernel-open/*/*.o_binary`` files the checkout's top-level Makefile
+    makes from ``src/`` (``nv_kernel_o_binary = kernel-open/nvidia/nv-kernel.o_binary``
+    in NVIDIA's Makefile); none for a tree that ships them (.run, Debian)."""
+    try:
+        text = (top / "Makefile").read_text(errors="replace")
+    except OSError:
+        return []
+    return re.findall(r"^\s*\w+_binary\s*=\s*(kernel-open/\S+\.o_binary)\s*$", text, re.M)
+
+
+def prepare_binaries(co: Checkout, jobs: int, log: Callable[[str], None]) -> list[str]:
+    """Build the OS-agnostic objects a git checkout lacks, once per version.
+
+    In a clone, ``kernel-open/nvidia/nv-kernel.o_binary`` is a symlink that
+    ``make`` at the top creates into ``src/nvidia/_out/``; it does not depend
+    on any kernel.  Kbuild (nvkmd's private copy) and DKMS (its copy of the
+    registered directory) copy ``kernel-open/`` alone, where such a relative
+    link would dangle, so the objects are made regular files.
+    """
+    targets = binary_targets(co.top)
+    done = [t for t in targets if (co.top / t).is_file() and not (co.top / t).is_symlink()]
+    if not targets or len(done) == len(targets):
+        return []
+    check_ownership(co.top)      # the whole checkout's Makefiles run as root now
+    cmd = ["make", "-C", str(co.top), f"-j{jobs}", *targets]
+    log("$ " + " ".join(cmd))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=child_env(), stdin=subprocess.DEVNULL, check=False)
+    for line in proc.stdout.splitlines():
+        log(line)
+    if proc.returncode != 0:
+        tail = [line for line in proc.stdout.splitlines() if line.strip()][-1:]
+        raise _source_error(f"building the OS-agnostic objects in {co.top} failed (make exited "
+                            f"{proc.returncode}){': ' + tail[0] if tail else ''}")
+    made = []
+    for t in targets:
+        p = co.top / t
+        if p.is_symlink():
+            tmp = p.with_name(f".{p.name}.nvkmd-tmp")
+            shutil.copyfile(p.resolve(strict=True), tmp)
+            os.replace(tmp, p)
+        made.append(t)
+    return made
+
+
 def init(paths: Paths, config: Config, path: Path, *, register: bool | None = None,
-         exclude: Sequence[str] = ()) -> InitResult:
-    """Set up ``path`` as a source; ``register`` defaults to ``build.backend == "dkms"``."""
+         exclude: Sequence[str] = (), log: Callable[[str], None] = lambda line: None) -> InitResult:
+    """Set up ``path`` as a source; ``register`` defaults to ``build.backend == "dkms"``.
+    ``log`` gets the output of the one-time build of the OS-agnostic objects."""
     co = checkout_at(path.resolve())
     check_ownership(co.tree)
     notes: list[str] = []
+    jobs = config.build_jobs or os.cpu_count() or 1
+    made = prepare_binaries(co, jobs, log)
+    if made:
+        notes.append(f"built the OS-agnostic objects: {', '.join(made)}")
     if not is_git(co.top):
         notes.append(f"{co.top} is not a git checkout: `source update` will not work for it")
     modules = modules_of(co.tree, co.top)
@@ -340,7 +391,6 @@ def init(paths: Paths, config: Config, path: Path, *, register: bool | None = No
     template, what = _template(co)
     conf = co.tree / DKMS_CONF
     if template:
-        jobs = config.build_jobs or os.cpu_count() or 1
         text = render_dkms_conf(template, version=co.version, jobs=jobs, modules=modules,
                                 exclude=exclude)
         tmp = conf.with_name(f".{DKMS_CONF}.nvkmd-tmp")
@@ -362,7 +412,7 @@ def init(paths: Paths, config: Config, path: Path, *, register: bool | None = No
         notes.append("not registered with DKMS; nvkmd builds it with Kbuild "
                      "(`source init --dkms` registers it)")
     try:
-        used = discover(paths, config)
+        used = discover(paths, config, unpack=False)
         if used.tree.resolve() != co.tree.resolve():
             notes.append(f"nvkmd builds {used.origin} (version {used.version}), not this source; "
                          f"set source.path = \"{_system_path(paths, co.top)}\" in nvkmd.toml")
@@ -444,7 +494,8 @@ class UpdateResult:
 
 
 def update(paths: Paths, config: Config, *, no_build: bool = False,
-           queue: QueueFn | None = None) -> UpdateResult:
+           queue: QueueFn | None = None, log: Callable[[str], None] = lambda line: None
+           ) -> UpdateResult:
     src, co = _current(paths, config)
     if not is_git(co.top):
         raise _source_error(f"{co.top} is not a git checkout; cannot update it")
@@ -469,7 +520,7 @@ def update(paths: Paths, config: Config, *, no_build: bool = False,
         _restore_template(co)
         git(co.top, "checkout", "--quiet", latest)
         new = checkout_at(co.top)
-        result.init = init(paths, config, co.top, register=bool(reg) or None)
+        result.init = init(paths, config, co.top, register=bool(reg) or None, log=log)
         if old_link and not reg and Path(old_link) != result.init.link \
                 and new.version != co.version:
             Path(old_link).unlink()
@@ -500,7 +551,11 @@ def _retire(link: Path, co: Checkout) -> None:
 
 
 def _restore_template(co: Checkout) -> None:
-    """Undo our generated dkms.conf so the checkout can move to another tag."""
+    """Undo our generated dkms.conf so the checkout can move to another tag,
+    and drop the OS-agnostic objects made for this version (untracked files a
+    checkout would leave behind, stale for the next version)."""
+    for t in binary_targets(co.top):
+        (co.top / t).unlink(missing_ok=True)
     conf = co.tree / DKMS_CONF
     rel = str(conf.relative_to(co.top))
     if _tracked(co.top, rel):

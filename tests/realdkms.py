@@ -36,16 +36,52 @@ def git(repo: Path, *args: str) -> str:
     return proc.stdout.strip()
 
 
+# Like NVIDIA's top-level Makefile: the OS-agnostic object is built in src/
+# and linked into kernel-open/ (same variable names and rules, one object).
+TOP_MAKEFILE = """\
+OUTPUTDIR := _out/Linux_x86_64
+nv_kernel_o                = src/nvidia/$(OUTPUTDIR)/nv-kernel.o
+nv_kernel_o_binary         = kernel-open/nvidia/nv-kernel.o_binary
+
+.PHONY: $(nv_kernel_o) modules
+
+$(nv_kernel_o):
+\t$(MAKE) -C src/nvidia
+
+$(nv_kernel_o_binary): $(nv_kernel_o)
+\tcd $(dir $@) && ln -sf ../../$^ $(notdir $@)
+
+modules: $(nv_kernel_o_binary)
+\t$(MAKE) -C kernel-open modules
+"""
+SRC_MAKEFILE = """\
+OUTPUTDIR := _out/Linux_x86_64
+$(OUTPUTDIR)/nv-kernel.o: core.c
+\tmkdir -p $(OUTPUTDIR)
+\t$(CC) -c -o $@ core.c
+"""
+
+
 def make_repo(path: Path, versions: tuple[str, ...] = ("9.9.1", "9.9.2"),
-              checkout: str | None = None) -> Path:
+              checkout: str | None = None, os_agnostic: bool = False) -> Path:
     """A git repository laid out like open-gpu-kernel-modules: one commit and
-    one tag per version (NVIDIA's snapshot model), HEAD at ``checkout``."""
+    one tag per version (NVIDIA's snapshot model), HEAD at ``checkout``.
+    ``os_agnostic``: with a top-level Makefile and src/ that build the
+    kernel-independent object, as a real clone has."""
     shutil.copytree(TINY, path, symlinks=True)
     # Real clones have the full src/ tree beside kernel-open/; a marker stands in.
     (path / "README.md").write_text("NVIDIA Linux Open GPU Kernel Module Source (test copy)\n")
+    if os_agnostic:
+        (path / "Makefile").write_text(TOP_MAKEFILE)
+        (path / "src/nvidia").mkdir(parents=True)
+        (path / "src/nvidia/Makefile").write_text(SRC_MAKEFILE)
+        (path / ".gitignore").write_text("_out/\n*.o_binary\n")
     git(path, "init", "-q", "-b", "main")
     for v in versions:
         set_tiny_version(path, v)
+        if os_agnostic:
+            (path / "src/nvidia/core.c").write_text(
+                f'const char nv_os_agnostic_version[] = "nv-kernel.o {v}";\n')
         git(path, "add", "-A")
         git(path, "commit", "-q", "-m", f"{v}")
         git(path, "tag", v)

@@ -195,3 +195,24 @@ def test_update_fetches_new_tags_from_the_remote_and_no_build_skips_builds(root,
     result = update(paths, config, no_build=True, queue=engine_queue(paths, config, calls))
     assert result.changed and result.after == "9.9.2" and calls == []
     assert sources.discover(paths, config).version == "9.9.2"
+
+
+def test_init_and_update_build_the_os_agnostic_objects_of_a_real_clone(root):
+    repo = make_repo(root.path / "srv/open-gpu-kernel-modules", checkout="9.9.1", os_agnostic=True)
+    binary = repo / "kernel-open/nvidia/nv-kernel.o_binary"
+    config = Config(source_path="/srv/open-gpu-kernel-modules")
+    paths = paths_for(root, config)
+    seen: list[str] = []
+    result = init(paths, config, repo, log=seen.append)
+    assert any(line.startswith("$ make -C ") for line in seen), seen
+    assert "built the OS-agnostic objects: kernel-open/nvidia/nv-kernel.o_binary" in result.notes
+    # a regular file: Kbuild's and DKMS's copies of kernel-open/ must not dangle
+    assert binary.is_file() and not binary.is_symlink()
+    assert b"nv-kernel.o 9.9.1" in binary.read_bytes()
+    assert git(repo, "status", "--porcelain", "--ignored=no", "--", "kernel-open/nvidia") == ""
+    again: list[str] = []
+    init(paths, config, repo, log=again.append)
+    assert again == []                       # once per version
+    update(paths, config, no_build=True, log=seen.append)
+    assert git(repo, "describe", "--tags", "--exact-match") == "9.9.2"
+    assert b"nv-kernel.o 9.9.2" in binary.read_bytes() and not binary.is_symlink()
