@@ -11,7 +11,11 @@ its own deadline with ``EXTEND_TIMEOUT_USEC``, and gives up with one line
 naming the cause and the log.
 
 ``judge`` and ``settle`` are the decisions, as pure functions of the
-daemon's status; ``wait_ready`` is the shell around them.
+daemon's status; ``run`` and ``Waiter`` are the shell around them.  A
+kernel whose last build failed is built again (the boot is the moment it
+matters); one without headers, or that the driver does not support, fails
+at once with the reason.  A daemon that does not answer is waited for
+briefly (a restart, a D-Bus activation), not for the whole timeout.
 """
 
 from __future__ import annotations
