@@ -443,7 +443,13 @@ class Core:
     def _on_progress(self, job: JobInfo, p: Progress) -> None:
         if p == self._progress:
             return
+        before = self._progress
         self._progress = p
+        # The journal gets a line per phase and per 10%: enough to follow a
+        # build, and a few dozen lines for NVIDIA's thousands of objects.
+        if p.phase != before.phase or p.percent // 10 != before.percent // 10:
+            log.info("build progress", kernel=job.kernel, job=job.id, phase=p.phase,
+                     percent=p.percent)
         self._emit(JobProgress(job.id, job.kernel, p.phase, p.percent))
         self._emit_state()
 
