@@ -123,6 +123,7 @@ class Core:
         # More on_critical hooks, e.g. the daemon's logind shutdown inhibitor.
         self.critical_hooks: list[Callable[[bool], None]] = []
         self._stopping = False
+        self._started = False
         self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -141,7 +142,8 @@ class Core:
         # The first scan does not wait for package managers: READY must not
         # hang on a stale lock.  Builds still wait for them.
         await self._rescan(full=True)
-        self._set_state("idle")
+        self._started = True
+        self._refresh_state()
 
     def run(self) -> list[asyncio.Task]:
         """Start the scanner and the builder; returns their tasks."""
@@ -155,7 +157,7 @@ class Core:
         if self._stopping:
             return
         self._stopping = True
-        self._set_state("stopping")
+        self._refresh_state()
         if self._critical.is_set():
             log.info("waiting for the module install to finish before stopping")
             await asyncio.to_thread(self._wait_not_critical, grace_s)
@@ -316,8 +318,6 @@ class Core:
         return await asyncio.shield(self._lock_wait)
 
     async def _lock_wait_run(self) -> float:
-        previous = self.state
-
         async def sleep(seconds: float) -> None:
             # Back off, but wake at once when a lock file is closed.
             self._lock_changed.clear()
@@ -326,16 +326,15 @@ class Core:
 
         def on_wait(held: list[pkgdb.Holder]) -> None:
             self.waiting_for = ", ".join(h.describe() for h in held)
-            if self.state != "waiting-for-lock":
-                self._set_state("waiting-for-lock")
+            self._refresh_state()
 
         try:
             waited = await pkgdb.wait_until_free(self.paths, self.config.daemon_lock_wait_max_s,
                                                  sleep=sleep, on_wait=on_wait)
         finally:
-            if self.state == "waiting-for-lock":
+            if self.waiting_for:
                 self.waiting_for = ""
-                self._set_state(previous if previous != "waiting-for-lock" else "idle")
+                self._refresh_state()
         if waited > 0.01:
             log.info("package managers done", waited_s=round(waited, 2))
         return waited
@@ -384,7 +383,7 @@ class Core:
         blog = log.bind(kernel=job.kernel, job=job.id)
         blog.info("build started", version=source.version, force=job.force,
                   reason=self.store.reason(job.id))
-        self._set_state("building")
+        self._refresh_state()
         task = asyncio.create_task(self._build(job, source))
         self._build_task = task
         outcome: Outcome | None = None
@@ -435,8 +434,8 @@ class Core:
     def _finished(self, job: JobInfo) -> None:
         self._current = None
         self._emit(JobFinished(job.id, job.kernel, job.result, job.cause, job.hint, job.log))
+        self._refresh_state()
         if not self._stopping:
-            self._set_state("idle")
             # The kernel's module changed: look again before the next job.
             self._poke(now=True)
 
@@ -459,6 +458,21 @@ class Core:
             self._build_task.cancel()
 
     # -- state and events -------------------------------------------------------------
+    def _refresh_state(self) -> None:
+        """The daemon's state follows from what it is doing; a build running
+        while the scanner waits for a package manager is still "building"."""
+        if self._stopping:
+            state = "stopping"
+        elif not self._started:
+            state = "starting"
+        elif self._current is not None:
+            state = "building"
+        elif self.waiting_for:
+            state = "waiting-for-lock"
+        else:
+            state = "idle"
+        self._set_state(state)
+
     def _set_state(self, state: str) -> None:
         if state != self.state:
             self.state = state

@@ -113,16 +113,26 @@ class SourceTree:
                 raise BenchError(f"{DEBIAN_TARBALL} is missing (scripts/setup installs "
                                  "nvidia-open-kernel-source)")
             subprocess.run(["tar", "-xJf", str(DEBIAN_TARBALL), "-C", str(base)], check=True)
-            self.tree = base / "modules" / "nvidia-open-kernel"
+            self.top = base / "modules" / "nvidia-open-kernel"
         else:
-            self.tree = base / "nvidia-tiny"
-            shutil.copytree(TINY, self.tree, symlinks=True)
+            self.top = base / "nvidia-tiny"
+            shutil.copytree(TINY, self.top, symlinks=True)
+        # The kernel interface layer `make` runs in (kernel-open/ of a checkout).
+        self.tree = self.top / "kernel-open" if (self.top / "kernel-open").is_dir() else self.top
         from nvkmd.source import modules_of, version_of
-        self.version = version_of(self.tree)
-        self.modules = modules_of(self.tree)
+        self.version = version_of(self.tree, self.top)
+        self.modules = modules_of(self.tree, self.top)
+        if not self.version or not self.modules:
+            raise BenchError(f"cannot read the version and modules of {self.top}")
         self.kind = "NVIDIA open " + self.version if nvidia else "tiny test tree " + self.version
 
     def copy_into(self, dest: Path) -> Path:
+        """The whole source (a checkout's top, or Debian's tree)."""
+        shutil.copytree(self.top, dest, symlinks=True)
+        return dest
+
+    def copy_tree_into(self, dest: Path) -> Path:
+        """Only the tree `make` runs in, as DKMS wants it under /usr/src."""
         shutil.copytree(self.tree, dest, symlinks=True)
         return dest
 

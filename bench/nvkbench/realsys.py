@@ -116,22 +116,25 @@ class BenchModule:
         self.spec = ["-m", DKMS_NAME, "-v", self.version]
         self.dir = SRC / f"{DKMS_NAME}-{self.version}"
         unregister()
-        source.copy_into(self.dir)
+        source.copy_tree_into(self.dir)
         own = self.dir / "dkms.conf"
         template = own.read_text() if own.is_file() and "__DKMS_MODULES" in own.read_text() \
             else NVIDIA_TEMPLATE
         text = render_dkms_conf(template, version=self.version, jobs=jobs, modules=source.modules)
         own.write_text(text.replace('PACKAGE_NAME="nvidia"', f'PACKAGE_NAME="{DKMS_NAME}"'))
 
-    def state(self, kernel: str) -> str:
-        for e in dkms_entries():
-            if e.name == DKMS_NAME and e.version == self.version and e.kernel in ("", kernel):
-                if e.kernel == kernel or e.state == "added":
-                    return e.state if e.kernel == kernel else "added"
-        return "absent"
+    def state(self, kernel: str = "") -> str:
+        """'absent', 'added', or DKMS's state for ``kernel`` ('built', 'installed', ...)."""
+        mine = [e for e in dkms_entries() if e.name == DKMS_NAME and e.version == self.version]
+        if not mine:
+            return "absent"
+        for e in mine:
+            if kernel and e.kernel == kernel:
+                return e.state
+        return "added"
 
     def add(self) -> None:
-        if self.state("") == "absent":
+        if self.state() == "absent":
             dkms("add", *self.spec)
 
     def unbuild(self, kernel: str) -> None:
@@ -143,7 +146,7 @@ class BenchModule:
 
     def remove(self) -> None:
         """Unregistered (installed files removed by DKMS); the source stays."""
-        if self.state("") != "absent":
+        if self.state() != "absent":
             dkms("remove", *self.spec, "--all", check=False)
 
     def build_install(self, kernel: str) -> float:

@@ -71,18 +71,21 @@ class Figure:
     anchor: str
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
-    ok: bool = True
+
+    @property
+    def measured(self) -> bool:
+        return not self.value.startswith("n/a")
 
     def line(self) -> str:
         return f"P{self.n} {self.name}: {self.value} ({self.ratio} vs {self.anchor})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"figure": f"P{self.n}", "name": self.name, "line": self.line(), "value": self.value,
-                "ratio": self.ratio, "anchor": self.anchor, "measured": self.ok, "data": self.data,
+                "ratio": self.ratio, "anchor": self.anchor, "measured": self.measured, "data": self.data,
                 "notes": self.notes}
 
 
 def unavailable(n: int, name: str, reason: str, anchor: str, **data: Any) -> Figure:
     """A figure that could not be measured: the reason, in the same format."""
     reason = " ".join(reason.split())[:300]
-    return Figure(n, name, f"n/a ({reason})", "n/a", anchor, dict(data), ok=False)
+    return Figure(n, name, f"n/a ({reason})", "n/a", anchor, dict(data))

@@ -1,0 +1,51 @@
+"""bench/run's smoke mode: every figure's setup and one tiny iteration run,
+eight lines come out in the documented format and the same go into the
+JSON, and the real system is left as it was.  No figure's value is
+asserted here: numbers belong to bench/, not to the tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import REPO, need_kernels
+
+LINE = re.compile(r"^P(?P<n>[1-8]) (?P<name>[^:]+): (?P<value>.+) \((?P<ratio>\S+) vs (?P<anchor>.+)\)$")
+
+
+def dkms_status() -> str:
+    return subprocess.run(["dkms", "status"], capture_output=True, text=True).stdout
+
+
+def test_bench_dry_run_prints_every_figure_and_leaves_the_system_alone(tmp_path):
+    need_kernels(1)
+    modules_before = {d.name: sorted(p.name for p in d.iterdir()) for d in Path("/lib/modules").iterdir()}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run"), "--quick", "--dry-run",
+                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=900,
+                          stdin=subprocess.DEVNULL, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert [LINE.match(x) and int(LINE.match(x)["n"]) for x in lines] == list(range(1, 9)), \
+        proc.stdout + proc.stderr[-3000:]
+    values = {int(LINE.match(x)["n"]): LINE.match(x)["value"] for x in lines}
+    # P1 reinstalls a package on the real system: a dry run only checks its plan.
+    assert values[1].startswith("n/a (dry run: plan checked")
+    # Every other figure ran its setup and one iteration (whatever it measured).
+    unmeasured = {n: v for n, v in values.items() if n != 1 and v.startswith("n/a")}
+    assert not unmeasured, proc.stderr[-3000:]
+
+    doc = json.loads((tmp_path / "latest-dry-run.json").read_text())
+    assert doc["lines"] == lines
+    assert [f["figure"] for f in doc["figures"]] == [f"P{n}" for n in range(1, 9)]
+    m = doc["machine"]
+    assert m["cpus"] >= 1 and m["memory_mib"] > 0
+    assert m["kernel_headers"] and all(h["package"] for h in m["kernel_headers"])
+    assert m["driver_version_built"]
+
+    assert "nvkmd-bench" not in dkms_status()
+    assert not list(Path("/usr/src").glob("nvkmd-bench-*"))
+    modules_after = {d.name: sorted(p.name for p in d.iterdir()) for d in Path("/lib/modules").iterdir()}
+    assert modules_after == modules_before
