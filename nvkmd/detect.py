@@ -27,6 +27,7 @@ from .kernels import RELEASE_RE, Kernel, release_key
 from .modinfo import modinfo, module_name
 from .paths import Paths
 from .source import Source
+from .versions import NVIDIA_MODULE_NAMES
 
 
 # -- events -------------------------------------------------------------------
@@ -325,7 +326,7 @@ def _kernel_scan(paths: Paths, release: str, src: Source | None, package: str) -
     origin, files, _ = origins.details(paths, release)
     version = ""
     for f in files:
-        if module_name(f) == "nvidia":
+        if module_name(f) in NVIDIA_MODULE_NAMES:    # Debian's DKMS renames it
             try:
                 version = modinfo(f).get("version", "")
             except NvkmdError:
