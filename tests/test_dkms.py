@@ -221,3 +221,35 @@ def test_cleanup_removes_dkms_modules_of_removed_kernels_with_dkms_remove(real_d
     assert not (SYSTEM_MODULES / k47 / "updates" / "dkms").exists()
     assert (SYSTEM_MODULES / k47 / "build").is_symlink()          # headers untouched
     assert (SYSTEM_MODULES / k56 / "updates" / "nvkmd" / "nvidia.ko").is_file()
+
+
+def test_cancelling_a_dkms_build_kills_dkms_and_make(real_dkms, tmp_path):
+    k = need_kernels(1)[0]
+    clone, config, paths, _ = setup_source(tmp_path)
+    conftest = clone / "kernel-open" / "conftest.sh"
+    # conftest runs inside the build: make it wait until it is killed
+    conftest.write_text(conftest.read_text().replace("\n", "\nsleep 300\n", 1))
+    src = sources.discover(paths, config)
+
+    def dkms_processes() -> list[str]:
+        out = subprocess.run(["pgrep", "-af", r"dkms build -m nvidia -v 9\.9\.1|"
+                              r"/var/lib/dkms/nvidia/9\.9\.1/build/conftest\.sh"],
+                             capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if "pgrep" not in line]
+
+    async def go():
+        seen = []
+        task = asyncio.create_task(Engine(paths, config).build(k, src, on_progress=seen.append))
+        deadline = asyncio.get_running_loop().time() + 60
+        while not any("conftest.sh" in p for p in dkms_processes()):
+            assert asyncio.get_running_loop().time() < deadline, "the DKMS build never started"
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    asyncio.run(go())
+    assert dkms_processes() == []
+    log = max((tmp_path / "logs" / k).glob("build-*.log"))
+    text = log.read_text()
+    assert "nvkmd: build cancelled; the process group was killed" in text
+    assert "# result: cancelled" in text
