@@ -86,7 +86,7 @@ def test_keep_keeps_the_newest_installed_kernels_plus_the_running_one(machine, r
     newest_two = sorted([k, *OLD], key=lambda r: [int(x) for x in r.split("-")[1:2]])[-2:]
     assert sorted(i.release for i in plan.kept) == sorted([RUNNING, *newest_two])
     assert sorted(removed(plan)) == sorted({k, *OLD, GONE} - set(newest_two))
-    assert f"Keeping: the 2 newest kernels (plus the running one)" in plan.lines()
+    assert "Keeping: the 2 newest kernels (plus the running one)" in plan.lines()
     with pytest.raises(NvkmdError):
         cl.cleanup(paths, keep=-1)
 
