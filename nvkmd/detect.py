@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import dkms
 from . import origin as origins
 from . import pkgdb
 from . import source as sources
@@ -313,10 +314,14 @@ def installed_releases(paths: Paths) -> list[str]:
     return sorted(out, key=release_key, reverse=True)
 
 
-def _kernel_scan(paths: Paths, release: str, src: Source | None, package: str) -> KernelScan:
+def _kernel_scan(paths: Paths, release: str, src: Source | None, package: str,
+                 backend: dkms.DkmsBackend | None = None,
+                 reg: dkms.Registration | None = None) -> KernelScan:
     k = Kernel(paths, release)
     headers = k.headers is not None
-    current = bool(src) and module_is_current(k, src)   # type: ignore[arg-type]
+    # Built through DKMS (dkms.choose), current means DKMS has it installed.
+    current = bool(src) and (backend.is_current(k, src, reg) if backend and reg  # type: ignore[arg-type]
+                             else module_is_current(k, src))                     # type: ignore[arg-type]
     key = ""
     if headers and src is not None:
         try:
@@ -349,7 +354,9 @@ def scan(paths: Paths, config: Config) -> Snapshot:
     src_scan, src = scan_source(paths, config)
     releases = installed_releases(paths)
     packages = pkgdb.headers_packages(paths, releases)
-    kernels = {r: _kernel_scan(paths, r, src, packages.get(r, "")) for r in releases}
+    reg = dkms.choose(config.build_backend, paths, src).registration if src else None
+    backend = dkms.DkmsBackend(paths, config.build_timeout_s) if reg else None
+    kernels = {r: _kernel_scan(paths, r, src, packages.get(r, ""), backend, reg) for r in releases}
     return Snapshot(kernels, src_scan, src, default_boot_kernel(paths, releases), time.time())
 
 

@@ -334,6 +334,8 @@ class DkmsBackend:
             and r.get("digest") != source.digest
 
     def is_current(self, kernel: Kernel, source: Source, reg: Registration) -> bool:
+        """DKMS has ``reg`` installed for the kernel, built from this very tree
+        (as far as nvkmd recorded), and nvkmd's own modules are not beside it."""
         return ((reg.name, reg.version) in installed(self.paths, kernel.release)
                 and bool(installed_files(self.paths, kernel))
                 and not self._digest_changed(kernel.release, reg, source)

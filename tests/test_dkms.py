@@ -88,6 +88,10 @@ def test_build_and_install_through_dkms(real_dkms, tmp_path):
 
     again, _ = build(paths, config, k)
     assert again.result == "up-to-date"
+    # the daemon's scan agrees: DKMS's module is this kernel's current module
+    from nvkmd.detect import scan
+    ks = scan(paths, config).kernels[k]
+    assert (ks.current, ks.origin, ks.module_version) == (True, "dkms", "9.9.1")
 
 
 def test_kbuild_refuses_a_kernel_dkms_owns_and_dkms_takes_over_from_nvkmd(real_dkms, tmp_path):
