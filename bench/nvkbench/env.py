@@ -33,7 +33,10 @@ class BenchError(Exception):
 
 def log(msg: str) -> None:
     """Progress for the person watching (stderr; stdout carries the figures)."""
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass        # nobody is reading any more; the run (and its cleanup) goes on
 
 
 def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
