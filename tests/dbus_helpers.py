@@ -6,6 +6,7 @@ run as an unprivileged user through ``setpriv``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -80,13 +81,18 @@ class PrivateBus:
             "<busconfig>\n  <type>system</type>\n  <auth>EXTERNAL</auth>\n"
             f"  <listen>unix:path={self.socket}</listen>\n{servicedir}{limit_xml}{SYSTEM_POLICY}"
             + "".join(f"  <include>{p}</include>\n" for p in includes) + "</busconfig>\n")
-        self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={self.config}",
-                                      "--print-address", "--nofork"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # stderr goes to a file: dbus-daemon logs every refused call there,
+        # and a pipe nobody drains would block it once full.
+        self.log = self.dir / "dbus-daemon.log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={self.config}",
+                                          "--print-address", "--nofork"],
+                                         stdout=subprocess.PIPE, stderr=err, text=True)
         line = self.proc.stdout.readline().strip()
         if not line:
-            err = self.proc.stderr.read()
-            raise AssertionError(f"dbus-daemon did not start with {self.config}: {err}")
+            self.proc.wait(10)
+            raise AssertionError(f"dbus-daemon did not start with {self.config}: "
+                                 f"{self.log.read_text()}")
         self.address = line
 
     def alive(self) -> bool:
@@ -95,7 +101,12 @@ class PrivateBus:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -160,6 +171,30 @@ class BusDaemon(NvkmdDaemon):
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=e)
         self._mark = self.log_text().rfind(f"----- nvkmd start #{self.runs}")
         return self
+
+    def _traced_pids(self) -> list[int]:
+        """The daemon's pid(s) when it runs under a wrapper such as strace."""
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def signal(self, sig: int) -> None:
+        for pid in self._traced_pids() if self.wrapper else [self.proc.pid]:
+            os.kill(pid, sig)
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.wrapper and self.proc.poll() is None:
+            # The signal must reach the daemon, not the tracer in front of it.
+            self.signal(signal.SIGTERM)
+        return super().stop(timeout)
+
+    def kill9(self) -> None:
+        if self.wrapper:
+            for pid in self._traced_pids():
+                os.kill(pid, signal.SIGKILL)
+        super().kill9()
 
     def wait_on_bus(self, timeout: float = 60) -> "BusDaemon":
         def up():
@@ -317,3 +352,67 @@ def _quiet(fn: Callable[[], Any]) -> Any:
         return fn()
     except NvkmdError:
         return None
+
+
+# -- a served test root ----------------------------------------------------------------
+
+FAST_CONFIG = "[daemon]\ndebounce_s = 0.2\n[build]\ncache_keep = 0\n"
+
+
+class Served:
+    """A test root with the tiny source and real kernels, the daemon serving
+    it on a private bus; the first kernel is the running one."""
+
+    def __init__(self, root: TestRoot, bus: PrivateBus, daemon: BusDaemon, kernels: list[str]):
+        self.root, self.bus, self.daemon, self.kernels = root, bus, daemon, kernels
+        self.address = bus.address
+
+    def call(self, member: str, *args, **kw):
+        return run(self.address, lambda c: c.call(member, *args, **kw))
+
+    def error(self, member: str, *args):
+        from nvkmd.errors import NvkmdError
+        with pytest.raises(NvkmdError) as e:
+            self.call(member, *args)
+        return e.value
+
+    def status(self):
+        return run(self.address, lambda c: c.status())
+
+    def wait_ready(self, timeout: float = 120):
+        def ready():
+            s = self.status()
+            return s if s.kernels and all(k.state == "ready" for k in s.kernels) else None
+        return wait_for(ready, timeout, "every kernel to be ready")
+
+
+@contextlib.contextmanager
+def serve_root(base: Path, kernels: int = 2, config: str = FAST_CONFIG,
+               prepare: Callable[[TestRoot], None] | None = None, ready: bool = True):
+    from helpers import need_kernels
+    ks = need_kernels(kernels)[-kernels:][::-1]
+    root = TestRoot(base / "root")
+    root.path.chmod(0o755)
+    root.add_tiny_source()
+    root.configure(root.config_text + config)
+    for k in ks:
+        root.add_kernel(k)
+    if prepare:
+        prepare(root)
+    bus = PrivateBus()
+    daemon = BusDaemon(root, base / "nvkmd.log", bus, env={"NVKMD_RUNNING_KERNEL": ks[0]})
+    daemon.start()
+    try:
+        daemon.wait_on_bus()
+        s = Served(root, bus, daemon, ks)
+        if ready:
+            s.wait_ready()
+        yield s
+        assert daemon.alive(), "the daemon died during the tests"
+        assert daemon.stop() == 0
+    finally:
+        if daemon.alive():
+            daemon.kill9()
+        bus.stop()
+        print("===== daemon log")
+        print(daemon.log_text())

@@ -15,64 +15,18 @@ from pathlib import Path
 import pytest
 from dbus_fast import Message, MessageType
 
-from dbus_helpers import BusDaemon, PrivateBus, owner, raw_call, run
-from helpers import TestRoot as Root, need_kernels, wait_for
+from dbus_helpers import BusDaemon, PrivateBus, owner, raw_call, run, serve_root
+from helpers import TestRoot as Root
+from helpers import wait_for
 from nvkmd import api
-from nvkmd.errors import ErrorCode, NvkmdError
+from nvkmd.errors import ErrorCode
 from nvkmd.model import DaemonStatus
 from nvkmd.progress import PHASES
 
-CONFIG = "[daemon]\ndebounce_s = 0.2\n[build]\ncache_keep = 0\n"
-
-
-class Served:
-    def __init__(self, root: Root, bus: PrivateBus, daemon: BusDaemon, kernels: list[str]):
-        self.root, self.bus, self.daemon, self.kernels = root, bus, daemon, kernels
-        self.address = bus.address
-
-    def call(self, member: str, *args, **kw):
-        return run(self.address, lambda c: c.call(member, *args, **kw))
-
-    def error(self, member: str, *args) -> NvkmdError:
-        with pytest.raises(NvkmdError) as e:
-            self.call(member, *args)
-        return e.value
-
-    def status(self) -> DaemonStatus:
-        return run(self.address, lambda c: c.status())
-
-    def wait_ready(self, timeout: float = 120) -> DaemonStatus:
-        def ready():
-            s = self.status()
-            return s if s.kernels and all(k.state == "ready" for k in s.kernels) else None
-        return wait_for(ready, timeout, "every kernel to be ready")
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    k1, k2 = need_kernels(2)[-2:]
-    root = Root(tmp_path_factory.mktemp("served") / "root")
-    root.path.chmod(0o755)
-    root.add_tiny_source()
-    root.configure(root.config_text + CONFIG)
-    root.add_kernel(k1)
-    root.add_kernel(k2)
-    bus = PrivateBus()
-    daemon = BusDaemon(root, root.path.parent / "nvkmd.log", bus, env={"NVKMD_RUNNING_KERNEL": k1})
-    daemon.start()
-    try:
-        daemon.wait_on_bus()
-        s = Served(root, bus, daemon, [k1, k2])
-        s.wait_ready()
+    with serve_root(tmp_path_factory.mktemp("served"), kernels=2) as s:
         yield s
-        assert daemon.alive(), "the daemon died during the tests"
-        assert daemon.stop() == 0
-    finally:
-        if daemon.alive():
-            daemon.kill9()
-        bus.stop()
-        print("===== daemon log")
-        print(daemon.log_text())
 
 
 async def collect(c, action, done, timeout: float = 120) -> list[tuple[float, Message]]:
