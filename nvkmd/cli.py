@@ -83,6 +83,16 @@ def interactive() -> bool:
     return sys.stdin.isatty()
 
 
+def watch_connection(c: Any, lost: Callable[[], None]) -> None:
+    """Call ``lost()`` if the bus connection itself goes away while waiting."""
+    task = asyncio.get_running_loop().create_task(c.wait_disconnected())
+    task.add_done_callback(lambda t: lost())
+    _keep.add(task)
+
+
+_keep: set = set()
+
+
 async def client(args: argparse.Namespace):
     from .client import connect
     return await connect(args.bus)
@@ -161,6 +171,7 @@ async def cmd_build(args: argparse.Namespace) -> int:
             # Subscribe before asking, so no signal of our jobs can be missed.
             await c.subscribe(on_event)
             await c.watch_owner(on_owner)
+            watch_connection(c, lambda: on_owner(""))
         ids = await c.build(args.kernel, args.force, interactive=interactive())
         if not args.wait:
             if args.json:
@@ -252,6 +263,7 @@ async def cmd_logs(args: argparse.Namespace) -> int:
                 ended.set()
         await c.subscribe(on_event)
         await c.watch_owner(on_owner)
+        watch_connection(c, lambda: on_owner(""))
         path, _ = await c.get_log(args.job, args.kernel, 0)
         return await _follow(path, args.tail, ended, args.json)
 

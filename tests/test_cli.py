@@ -350,3 +350,47 @@ def test_cleanup_and_rescan(served):
 def test_bus_names_are_the_documented_ones():
     assert (api.BUS_NAME, api.OBJECT_PATH, api.INTERFACE) == (
         "io.github.nvkmd", "/io/github/nvkmd", "io.github.nvkmd.Manager1")
+
+
+@pytest.mark.parametrize("what", ["daemon", "bus"])
+def test_build_wait_exits_3_when_the_daemon_or_the_bus_goes_away(tmp_path, what):
+    import fcntl
+    from dbus_helpers import BusDaemon, PrivateBus
+    from helpers import TestRoot, need_kernels
+    k = need_kernels(1)[-1]
+    root = TestRoot(tmp_path / "root")
+    root.add_tiny_source()
+    root.configure(root.config_text + "[daemon]\ndebounce_s = 0.2\n")
+    root.add_kernel(k)
+    locks = root.path / "var" / "lib" / "nvkmd" / "locks"
+    locks.mkdir(parents=True)
+    fd = os.open(locks / f"{k}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)        # the build starts and waits: it never ends by itself
+    bus = PrivateBus()
+    d = BusDaemon(root, tmp_path / "nvkmd.log", bus, env={"NVKMD_RUNNING_KERNEL": k})
+    proc = None
+    try:
+        d.start()
+        d.wait_on_bus()
+        proc = subprocess.Popen([sys.executable, "-m", "nvkmd.cli", "--bus", bus.address, "build",
+                                 "--kernel", k, "--force", "--wait"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO, stdin=subprocess.DEVNULL)
+        wait_for(lambda: "method='Build'" in d.log_text(), 60, "nvkmctl's Build call")
+        wait_for(lambda: any(j.state == "running" for j in run(bus.address, lambda c: c.jobs(0))),
+                 60, "the job to run")
+        if what == "daemon":
+            assert d.stop() == 0
+        else:
+            bus.proc.kill()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, (out, err)
+        assert "Traceback" not in err
+        line = one_line(err)
+        assert line in ("nvkmctl: nvkmd stopped before the build finished",), line
+    finally:
+        os.close(fd)
+        if proc and proc.poll() is None:
+            proc.kill()
+        if d.alive():
+            d.kill9()
+        bus.stop()
