@@ -83,15 +83,21 @@ class ManagerService:
         self._closed = False
         interval = 1.0 / api.PROGRESS_RATE_HZ
         self.progress = Throttle(interval)
-        st = core.status()
-        running = next((j for j in st.jobs if j.state == "running"), None)
-        self.props = PropertyState({
-            "Version": __version__,
-            "State": st.state,
-            "CurrentJob": running.id if running else 0,
-            "Progress": (running.phase, _percent(running.percent)) if running else ("", 0),
-            "SourceVersion": st.source.version,
-        }, interval, throttled=frozenset({"Progress"}))
+        initial = {"Version": __version__, "State": "starting", "CurrentJob": 0,
+                   "Progress": ("", 0), "SourceVersion": ""}
+        try:
+            st = core.status()
+        except NvkmdError as e:   # not ready yet: StateChanged events will fill these in
+            log.info("serving before the core is ready", reason=e.message)
+        else:
+            running = next((j for j in st.jobs if j.state == "running"), None)
+            initial.update({
+                "State": st.state,
+                "CurrentJob": running.id if running else 0,
+                "Progress": (running.phase, _percent(running.percent)) if running else ("", 0),
+                "SourceVersion": st.source.version,
+            })
+        self.props = PropertyState(initial, interval, throttled=frozenset({"Progress"}))
 
     def close(self) -> None:
         self._closed = True
