@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import time
 from pathlib import Path
 
 from daemon_helpers import assert_install_whole, installed_version, nvkmd_daemon  # noqa: F401
-from helpers import need_kernels, wait_for
+from helpers import need_kernels, set_tiny_version, wait_for
 
-ROUNDS = 5
+KILLS = 5
 
 
 def _integrity(db: Path) -> str:
@@ -23,9 +24,13 @@ def _integrity(db: Path) -> str:
         con.close()
 
 
+def _lines(log: Path) -> list[str]:
+    return log.read_text(errors="replace").splitlines()
+
+
 def test_kill9_during_builds_then_restart(root, nvkmd_daemon):
     k = need_kernels(1)[-1]
-    root.add_tiny_source()
+    tree = root.add_tiny_source()
     # No product cache: every restart compiles again, so every round has a
     # whole build to be killed in.
     root.configure(root.config_text + "[build]\ncache_keep = 0\n[daemon]\ndebounce_s = 0.2\n")
@@ -36,9 +41,11 @@ def test_kill9_during_builds_then_restart(root, nvkmd_daemon):
     latest = root.path / "var" / "log" / "nvkmd" / k / "latest.log"
     d = nvkmd_daemon(root)
     seen: set[Path] = set()
-    job_id = None
-    kills = 0
-    for round_ in range(ROUNDS):
+    kills, attempts, minor = 0, 0, 1
+    killed_jobs: list[int] = []
+    while kills < KILLS:
+        attempts += 1
+        assert attempts <= 2 * KILLS, "builds kept finishing before the kill"
         d.wait_log(r"event='build started'", timeout=120)
 
         def this_build() -> Path | None:
@@ -48,33 +55,45 @@ def test_kill9_during_builds_then_restart(root, nvkmd_daemon):
             return None
         log = wait_for(this_build, 60, "the new build's log")
         seen.add(log)
-        # A random moment: after the build wrote a random number of lines.
-        # The tiny build writes about 42: a header (10), make (~20), strip,
-        # depmod, "installed ..." (~38), then the result; 38 is the last
-        # line before the job is recorded as done.
-        lines = rng.randint(1, 38)
-        wait_for(lambda: len(log.read_text().splitlines()) >= lines
-                 or "# result:" in log.read_text(), 120, f"{lines} log lines")
+        # A random moment: once the build has written a random number of
+        # lines.  The tiny build writes a header (10 lines), make's output
+        # (~20), strip, then "$ depmod" (~34) once the new modules were
+        # swapped in and before depmod ran: the riskiest moment is included.
+        n = rng.randint(1, 34)
+        deadline = time.monotonic() + 120
+        while True:                      # a tight poll: the moment must not slip by
+            text = _lines(log)
+            if len(text) >= n or any(x.startswith("# result:") for x in text):
+                break
+            assert time.monotonic() < deadline, f"the build never wrote {n} lines"
+            time.sleep(0.002)
         d.kill9()
-        print(f"round {round_}: killed after {len(log.read_text().splitlines())} lines of {log.name}")
+        print(f"attempt {attempts}: killed after {len(_lines(log))} lines of {log.name} (aimed at {n})")
 
         assert _integrity(d.db) == "ok"
         assert_install_whole(root, k)
-        jobs = d.jobs()
-        assert len(jobs) == 1, jobs
-        job_id = job_id or jobs[0]["id"]
-        assert jobs[0]["id"] == job_id
+        active = [j for j in d.jobs() if j["state"] in ("queued", "running")]
         d.start()
         d.wait_ready()
-        if jobs[0]["state"] == "succeeded":
-            break              # it finished just before the kill: nothing left to resume
-        assert jobs[0]["state"] == "running"
+        if not active:
+            # It finished just before the kill: give it something new to build.
+            minor += 1
+            set_tiny_version(tree, f"9.9.{minor}")
+            continue
+        [job] = active
+        assert job["state"] == "running"
         kills += 1
-    assert kills >= ROUNDS - 1, f"only {kills} kills hit a running build"
-    done = d.wait_job(k, "succeeded", timeout=180)
-    assert done["id"] == job_id
-    assert [j["id"] for j in d.jobs()] == [job_id]        # resumed, never duplicated
-    assert installed_version(root, k) == "9.9.1"
+        killed_jobs.append(job["id"])
+        # The restarted daemon resumes this very job.
+        d.wait_log(rf"event='build started' kernel='{k}' job={job['id']} ")
+    version = f"9.9.{minor}"
+    done = d.wait_job(k, "succeeded", version=version, timeout=180)
+    assert done["id"] == killed_jobs[-1]
+    jobs = d.jobs()
+    # One job per source version, each finished once: resumed, never duplicated.
+    assert sorted(j["source_version"] for j in jobs) == [f"9.9.{m}" for m in range(1, minor + 1)]
+    assert {j["id"] for j in jobs} >= set(killed_jobs)
+    assert installed_version(root, k) == version
     assert_install_whole(root, k)
     assert "updates/nvkmd/nvidia.ko" in (root.modules / k / "modules.dep").read_text()
     assert list((root.modules / k / "updates").glob(".nvkmd-*")) == []
