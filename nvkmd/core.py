@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -31,15 +34,14 @@ from . import cleanup as modcleanup
 from . import pkgdb
 from .buildlog import latest_log, tail
 from .config import Config
-from .detect import Change, Debouncer, Snapshot, WatchEvent, is_leftover, diff, lock_event, plan, \
+from .detect import Change, Debouncer, Snapshot, WatchEvent, diff, is_leftover, lock_event, plan, \
     relevant, scan, watch_spec
 from .engine import Engine, Outcome
 from .errors import ErrorCode, NvkmdError, invalid
 from .jobs import JobStore, next_job, ordered
 from .kernels import NVKMD_SUBDIR, check_release
 from .model import (DaemonStatus, DriverInfo, Event, JobFinished, JobInfo, JobProgress, JobQueued,
-                    KernelStatus,
-                    LastBuild, SourceInfo, StateChanged)
+                    KernelStatus, LastBuild, SourceInfo, StateChanged)
 from .notify import status_line
 from .paths import Paths
 from .progress import Progress
@@ -72,10 +74,9 @@ def _bool_arg(name: str, value: object) -> bool:
     return value
 
 
-def _kernel_arg(value: object, allow_all: bool = True) -> str:
-    if allow_all and value == "":
-        return ""
-    return check_release(value)
+def _kernel_arg(value: object) -> str:
+    """A kernel release, or "" for "every kernel" / "none named"."""
+    return "" if value == "" else check_release(value)
 
 
 def kernel_state(headers: bool, current: bool, build_key: str, active: JobInfo | None,
@@ -166,8 +167,9 @@ class Core:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self._lock_wait:
-            self._lock_wait.cancel()
+        for extra in (self._lock_wait, self._driver_task):
+            if extra is not None:
+                extra.cancel()
         if self.store:
             with contextlib.suppress(Exception):
                 self.store.close()
@@ -278,7 +280,8 @@ class Core:
             # Kernels' states may have changed (a module now current): tell
             # subscribers, so the STATUS line and D-Bus properties follow.
             self._emit_state()
-        log.debug("rescan done", kernels=len(snap.kernels), active=len(self.store.active()) if self.store else 0,
+        log.debug("rescan done", kernels=len(snap.kernels),
+                  active=len(self.store.active()) if self.store else 0,
                   **_given(source=snap.source.version))
 
     def _refresh_driver(self) -> None:
@@ -517,7 +520,6 @@ class Core:
     def _live(self, job: JobInfo) -> JobInfo:
         cur = self._current
         if cur is not None and job.id == cur.id and job.state == "running":
-            import dataclasses
             return dataclasses.replace(job, phase=self._progress.phase, percent=self._progress.percent)
         return job
 
@@ -602,10 +604,10 @@ class Core:
         if job.state != "queued":
             raise invalid(f"job {job_id} has already finished ({job.state})")
         k = self.snapshot.kernels.get(job.kernel) if self.snapshot else None
-        done = store.finish(job_id, "cancelled", cause=REQUESTED, build_key=k.build_key if k else "")
+        # The inputs' key holds back an automatic retry: cancelled on purpose.
+        store.finish(job_id, "cancelled", cause=REQUESTED, build_key=k.build_key if k else "")
         log.info("job cancelled", job=job_id, kernel=job.kernel)
         self._emit(JobFinished(job_id, job.kernel, "cancelled", REQUESTED, "", ""))
-        del done
 
     def get_log(self, job_id: int, kernel: str, lines: int) -> tuple[str, list[str]]:
         job_id = _int_arg("job_id", job_id, 0, 2**63 - 1)
@@ -674,8 +676,6 @@ def reap_orphan_builds(build_root: Path) -> list[int]:
     into the build tree the next attempt is about to replace.  Anything whose
     working directory is inside nvkmd's private build root is such a leftover.
     """
-    import os
-    import signal
     root = str(build_root.resolve()) + "/"
     own = os.getpgrp()
     groups: set[int] = set()

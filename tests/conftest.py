@@ -4,6 +4,9 @@ import pytest
 
 from helpers import TestRoot
 
+# Fixtures that live beside their helpers: nvkmd_daemon (a real daemon process).
+pytest_plugins = ["daemon_helpers"]
+
 
 @pytest.fixture
 def root(tmp_path, monkeypatch) -> TestRoot:

@@ -10,7 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from daemon_helpers import assert_install_whole, installed_version, nvkmd_daemon  # noqa: F401
+from daemon_helpers import assert_install_whole, installed_version
 from helpers import need_kernels, set_tiny_version, wait_for
 
 KILLS = 5

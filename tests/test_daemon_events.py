@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from daemon_helpers import assert_install_whole, installed_version, nvkmd_daemon  # noqa: F401
+from daemon_helpers import assert_install_whole, installed_version
 from helpers import need_kernels, set_tiny_version, wait_for
 
 FAST = "[daemon]\ndebounce_s = 0.2\n"

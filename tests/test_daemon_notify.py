@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from daemon_helpers import NotifySocket, nvkmd_daemon  # noqa: F401
+from daemon_helpers import NotifySocket
 from helpers import need_kernels, wait_for
 
 

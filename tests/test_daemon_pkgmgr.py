@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import installed_version, nvkmd_daemon  # noqa: F401
+from daemon_helpers import installed_version
 from helpers import need_kernels, wait_for
 from nvkmd import pkgdb
 from nvkmd.paths import Paths

@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from daemon_helpers import installed_version, nvkmd_daemon  # noqa: F401
+from daemon_helpers import installed_version
 from helpers import need_kernels
 
 LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
