@@ -316,3 +316,26 @@ def test_sigterm_stops_the_daemon_cleanly_and_releases_the_name(tmp_path):
         if d.alive():
             d.kill9()
         bus.stop()
+
+
+def test_a_new_driver_version_changes_source_version_and_queues_rebuilds(served):
+    """Last in this module: it leaves the daemon rebuilding every kernel."""
+    from helpers import set_tiny_version
+    served.wait_ready()
+    tree = served.root.path / "usr" / "src" / "nvidia-tiny"
+
+    async def upgrade(c):
+        set_tiny_version(tree, "9.9.2")
+        return None
+
+    def done(got, _):
+        return any(m.member == "PropertiesChanged" and "SourceVersion" in m.body[1]
+                   for _, m in got) and \
+            {m.body[1] for _, m in got if m.member == "JobQueued"} >= set(served.kernels)
+    got, _ = run(served.address, lambda c: collect(c, upgrade, done), timeout=180)
+    versions = [m.body[1]["SourceVersion"].value for _, m in got
+                if m.member == "PropertiesChanged" and "SourceVersion" in m.body[1]]
+    assert versions == ["9.9.2"]
+    assert {tuple(m.body[1:]) for _, m in got if m.member == "JobQueued"} == \
+        {(k, "9.9.2") for k in served.kernels}
+    assert run(served.address, lambda c: c.properties())["SourceVersion"] == "9.9.2"
