@@ -413,11 +413,13 @@ def _resolve(run: Callable[[argparse.Namespace], Any] | str) -> Callable[[argpar
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        # No UnicodeEncodeError tracebacks on a terminal that cannot show ✓.
-        sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
-    except (AttributeError, ValueError):
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            # No UnicodeEncodeError tracebacks on a terminal that cannot show ✓
+            # (or a kernel release or log line that is not ASCII).
+            stream.reconfigure(errors="replace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            pass
     args = parser().parse_args(argv)          # usage errors exit 2 here
     try:
         result = _resolve(args.run)(args)
