@@ -275,7 +275,7 @@ class Core:
             log.error("no usable driver source", error=snap.source.error)
         self.snapshot = snap
         self._refresh_driver()
-        self._apply_plan(changes)
+        self._apply_plan(changes, initial=old is None)
         if old is None or old.source != snap.source or old.kernels != snap.kernels:
             # Kernels' states may have changed (a module now current): tell
             # subscribers, so the STATUS line and D-Bus properties follow.
@@ -293,10 +293,10 @@ class Core:
                 log.exception("cannot read the driver's versions and Secure Boot state")
         self._driver_task = asyncio.get_running_loop().create_task(refresh())
 
-    def _apply_plan(self, changes: list[Change]) -> None:
+    def _apply_plan(self, changes: list[Change], initial: bool) -> None:
         assert self.store and self.snapshot
         snap = self.snapshot
-        p = plan(snap, self.store.active_pairs(), self.store.past(), changes)
+        p = plan(snap, self.store.active_pairs(), self.store.past(), changes, initial)
         for job_id, cause in p.drop:
             if self._current is not None and self._current.id == job_id:
                 self._cancel_running(cause, hold_back=False)

@@ -237,14 +237,17 @@ class Plan:
 
 
 def plan(snap: Snapshot, active: Iterable[ActiveJob], past: dict[tuple[str, str], PastJob],
-         changes: list[Change]) -> Plan:
+         changes: list[Change], initial: bool = False) -> Plan:
     """Pure: which jobs to drop and which kernels to queue.
 
     A kernel is queued when it has headers, its module is not current and
     no job for it with this source version is active; unless the last job
     for exactly these inputs (``build_key``) already ran: a failed pair is
     not retried in a loop, only when the headers or the source change (the
-    key changes) or on request.
+    key changes), when the kernel or its headers come back (removed and
+    installed again, perhaps with its modules cleaned up meanwhile), or on
+    request.  ``initial``: the changes are the first scan's, where every
+    kernel is "added"; that is no reason to retry anything.
     """
     version = snap.source.version
     drop: list[tuple[int, str]] = []
@@ -274,7 +277,8 @@ def plan(snap: Snapshot, active: Iterable[ActiveJob], past: dict[tuple[str, str]
         if not k.headers or k.current or (r, version) in kept:
             continue
         last = past.get((r, version))
-        if last is not None and last.build_key and last.build_key == k.build_key:
+        came_back = r in why and not initial
+        if last is not None and last.build_key and last.build_key == k.build_key and not came_back:
             continue
         add.append((r, why.get(r) or source_change or "module missing or out of date"))
     return Plan(add, drop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -188,4 +189,25 @@ def test_sigterm_during_a_build_requeues_it_and_a_restart_finishes_it(root, nvkm
     assert done["id"] == running["id"]
     assert installed_version(root, k) == "9.9.1"
     assert_install_whole(root, k)
+    assert d.stop() == 0
+
+
+def test_kernel_removed_and_installed_again_is_built_again(root, nvkmd_daemon):
+    k = need_kernels(1)[-1]
+    tiny(root)
+    root.add_kernel(k)
+    d = nvkmd_daemon(root)
+    d.wait_ready()
+    first = d.wait_job(k, "succeeded")
+    # The whole directory goes (a purge, then a cleanup), and the watch on it.
+    shutil.rmtree(root.modules / k)
+    d.wait_log(rf"event='kernel-removed' kernel='{k}'")
+    # Installed again: a new directory of the same name, watched afresh.
+    root.add_kernel(k, headers=False)
+    d.wait_log(rf"event='kernel-added' kernel='{k}'", count=2)
+    root.link_headers(k)
+    d.wait_log(rf"event='headers-added' kernel='{k}'", count=2)
+    again = d.wait_job(k, "succeeded", timeout=120)
+    assert again["id"] != first["id"]
+    assert installed_version(root, k) == "9.9.1"
     assert d.stop() == 0

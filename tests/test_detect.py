@@ -188,6 +188,13 @@ def test_plan_does_not_retry_a_failed_pair_until_its_inputs_change():
     assert plan(s, [], {("6.1.0-3", "535.1"): PastJob("cancelled", "")}, []).add != []
     # A new source version is a new pair.
     assert plan(snap(ks("6.1.0-3", key="k1"), version="535.2"), [], past, []).add != []
+    # The kernel (or its headers) came back since: tried again, also after a success
+    # (its modules may have been cleaned up meanwhile)...
+    back = [Change("headers-added", "6.1.0-3")]
+    assert plan(s, [], past, back).add == [("6.1.0-3", "headers added: 6.1.0-3")]
+    assert plan(s, [], {("6.1.0-3", "535.1"): PastJob("success", "k1")}, back).add != []
+    # ...but the first scan after a start finds every kernel "added": no retry then.
+    assert plan(s, [], past, diff(None, s), initial=True).add == []
 
 
 # -- kernel state ---------------------------------------------------------------------
