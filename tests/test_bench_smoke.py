@@ -45,6 +45,13 @@ def test_bench_dry_run_prints_every_figure_and_leaves_the_system_alone(tmp_path)
     assert m["kernel_headers"] and all(h["package"] for h in m["kernel_headers"])
     assert m["driver_version_built"]
 
+    # README's table is printed from the same file.
+    table = subprocess.run([sys.executable, str(REPO / "bench" / "run"), "--table",
+                            str(tmp_path / "latest-dry-run.json")], capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    assert [r.split(" ")[1] for r in table.stdout.splitlines() if r.startswith("| P")] == \
+        [f"P{n}" for n in range(1, 9)]
+
     assert "nvkmd-bench" not in dkms_status()
     assert not list(Path("/usr/src").glob("nvkmd-bench-*"))
     modules_after = {d.name: sorted(p.name for p in d.iterdir()) for d in Path("/lib/modules").iterdir()}

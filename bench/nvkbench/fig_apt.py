@@ -146,7 +146,9 @@ def _prime(ctx: Context, module, k: str) -> Path:
     d.stop()
     installed = SYSTEM_MODULES / k / "updates" / "nvkmd"
     if not (installed / "nvkmd.json").is_file():
-        raise BenchError(f"nvkmd did not build {k} on the real root; log {d.log_path}")
+        done = d.find("build finished", 0, kernel=k)
+        why = f"{done[-1][1].get('result')}: {done[-1][1].get('cause')}" if done else "no build ran"
+        raise BenchError(f"nvkmd did not build {k} on the real root ({why}); log {d.log_path}")
     saved = ctx.ws.new("p1-saved") / "nvkmd"
     shutil.copytree(installed, saved, symlinks=True)
     return saved

@@ -85,3 +85,29 @@ def write(results_dir: Path, figures: list, ctx, dry: bool) -> Path:
     tmp.write_text(text)
     tmp.replace(latest)
     return latest
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The README's table for one results file."""
+    m = doc["machine"]
+    headers = ", ".join(f"{h['package']} {h['version']}" for h in m["kernel_headers"])
+    rows = ["| figure | nvkmd | vs | anchor (same run) |", "|---|---|---|---|"]
+    for f in doc["figures"]:
+        cell = lambda s: s.replace("|", "\\|")
+        rows.append(f"| {f['figure']} {cell(f['name'])} | {cell(f['value'])} | {f['ratio']} | "
+                    f"{cell(f['anchor'])} |")
+    machine_line = (f"{doc['mode']} run of {doc['date']}, nvkmd {m['nvkmd_commit']}: {m['cpus']} CPUs "
+                    f"({m['cpu_model']}), {m['memory_mib'] // 1024} GiB, {m['os']}; kernel headers "
+                    f"{headers}; driver source {m['driver_source']['package']} "
+                    f"{m['driver_source']['version']} (built: {doc['source']}); dkms {m['dkms']}; "
+                    f"{doc['runs_per_figure']} runs per figure, idle {doc['idle_minutes']:g} min.")
+    return machine_line + "\n\n" + "\n".join(rows) + "\n"
+
+
+def keep_logs(results_dir: Path, workspace: Path) -> Path:
+    """The daemons' and apt's logs of a run, kept (under history/, not committed)."""
+    dest = results_dir / "history" / f"logs-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in workspace.glob("*.log"):
+        shutil.copy2(f, dest / f.name)
+    return dest
