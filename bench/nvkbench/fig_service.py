@@ -75,8 +75,10 @@ def p5(ctx: Context) -> stats.Figure:
         ours.append(timed(cmd)[0])
         theirs.append(timed(["dkms", "status"])[0])
     s, a = stats.summarize(ours), stats.summarize(theirs)
-    had = (f"{inv['entries']} entries: {', '.join(inv['modules']) or 'no modules'}, "
-           f"{len(inv['kernels'])} kernels; {len([d for d in Path('/lib/modules').iterdir()])} kernel dirs")
+    def n(count: int, what: str) -> str:
+        return f"{count} {what}{'' if count == 1 else 's'}"
+    had = (f"{n(inv['entries'], 'line')}: {', '.join(inv['modules']) or 'no modules'}, "
+           f"{n(len(inv['kernels']), 'kernel')}; {n(len(list(Path('/lib/modules').iterdir())), 'kernel dir')}")
     data = {"nvkmctl_status_s": s.to_dict(), "dkms_status_s": a.to_dict(), "nvkmd_kernels": svc.kernels,
             "dkms_machine": inv, "samples": {"nvkmctl": ours, "dkms": theirs}}
     return stats.Figure(5, P5, f"nvkmctl status {stats.fmt(s, 's', 3)} with {svc.kernels} kernels",
