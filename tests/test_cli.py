@@ -277,8 +277,9 @@ def test_cancel_a_queued_job(served):
                 nvkmctl("--bus", served.address, "cancel", str(i), code=0)
     finally:
         os.close(fd)
-    states = {j.id: j.state for j in run(served.address, lambda c: c.jobs(10))}
-    assert all(states[i] == "cancelled" for i in ids), states
+    # a running job ends as cancelled once its build task has stopped
+    wait_for(lambda: all(j.state == "cancelled" for j in run(served.address, lambda c: c.jobs(10))
+                         if j.id in ids), 60, "both jobs to be cancelled")
     nvkmctl("--bus", served.address, "build", code=0)
     served.wait_ready()
 
