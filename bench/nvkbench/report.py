@@ -67,6 +67,7 @@ def write(results_dir: Path, figures: list, ctx, dry: bool) -> Path:
         "mode": mode,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "runs_per_figure": ctx.reps,
+        "figures_run": [int(f.line()[1]) for f in figures],
         "idle_minutes": ctx.idle_minutes,
         "source": src.kind if src else "",
         "machine": machine(src.version if src else ""),
