@@ -56,3 +56,19 @@ def test_bench_dry_run_prints_every_figure_and_leaves_the_system_alone(tmp_path)
     assert not list(Path("/usr/src").glob("nvkmd-bench-*"))
     modules_after = {d.name: sorted(p.name for p in d.iterdir()) for d in Path("/lib/modules").iterdir()}
     assert modules_after == modules_before
+
+
+def test_figure_lines_show_the_range_only_when_runs_spread_and_keep_the_format_when_unavailable():
+    sys.path.insert(0, str(REPO / "bench"))
+    from nvkbench import stats
+
+    tight = stats.summarize([1.0, 1.1, 1.05])
+    wide = stats.summarize([1.0, 1.3, 1.1])
+    assert stats.fmt(tight, "s") == "1.05 s"
+    assert stats.fmt(wide, "s") == "1.10 s [1.00..1.30]"
+    assert stats.ratio(2.0, 4.0) == "0.50x" and stats.ratio(1.0, 0.0) == "n/a"
+    fig = stats.Figure(2, "build cost", stats.fmt(wide, "s"), stats.ratio(1.1, 2.2), "raw make 2.20 s")
+    assert LINE.match(fig.line()) and fig.measured
+    gone = stats.unavailable(6, "boot ready check", "nvkmctl wait-ready\nnot landed yet", "dkms autoinstall")
+    m = LINE.match(gone.line())
+    assert m and m["value"] == "n/a (nvkmctl wait-ready not landed yet)" and not gone.measured
