@@ -436,8 +436,10 @@ class Core:
 
     def _finished(self, job: JobInfo) -> None:
         self._current = None
-        self._emit(JobFinished(job.id, job.kernel, job.result, job.cause, job.hint, job.log))
+        # State first: a client that reads the properties when JobFinished
+        # arrives sees the daemon past this job already.
         self._refresh_state()
+        self._emit(JobFinished(job.id, job.kernel, job.result, job.cause, job.hint, job.log))
         if not self._stopping:
             # The kernel's module changed: look again before the next job.
             self._poke(now=True)
