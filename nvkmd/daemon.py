@@ -96,18 +96,25 @@ class Daemon:
             else:
                 starting.result()
                 self.core.subscribe(self._on_event)
-                line = self.core.status_line()
-                self.notifier.ready(line)
-                log.info("ready", status=line)
-                inhibitor = await self._start_inhibitor()
-                tasks = self.core.run()
-                interval = watchdog_interval()
-                if interval:
-                    tasks.append(asyncio.create_task(self.notifier.watchdog_loop(interval),
-                                                     name="nvkmd-watchdog"))
-                bus = self._start_bus()
+                # READY=1 only once the bus name is ours: whatever systemd
+                # starts after us (the ready check) must find us on the bus.
+                serving = asyncio.Event()
+                bus = self._start_bus(serving.set)
                 if bus is not None:
                     tasks.append(bus)
+                    waiter = asyncio.create_task(serving.wait())
+                    await asyncio.wait([bus, waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                if bus is None or serving.is_set():
+                    line = self.core.status_line()
+                    self.notifier.ready(line)
+                    log.info("ready", status=line)
+                    inhibitor = await self._start_inhibitor()
+                    tasks = self.core.run() + tasks
+                    interval = watchdog_interval()
+                    if interval:
+                        tasks.append(asyncio.create_task(self.notifier.watchdog_loop(interval),
+                                                         name="nvkmd-watchdog"))
                 done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     if t is stopper:
@@ -156,11 +163,11 @@ class Daemon:
         self.core.critical_hooks.append(inhibitor)
         return inhibitor
 
-    def _start_bus(self) -> asyncio.Task | None:
+    def _start_bus(self, on_serving) -> asyncio.Task | None:
         if self.args.bus == "none":
             return None
         serve = _bus_adapter()
         if serve is None:
             log.warning("no D-Bus adapter installed; running without a bus", bus=self.args.bus)
             return None
-        return asyncio.create_task(serve(self.core, self.args.bus), name="nvkmd-bus")
+        return asyncio.create_task(serve(self.core, self.args.bus, on_serving), name="nvkmd-bus")

@@ -7,7 +7,10 @@ daemon, so it exits and systemd restarts it.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import structlog
+
 from dbus_fast import BusType, NameFlag, RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
@@ -41,9 +44,11 @@ async def connect(bus: str) -> MessageBus:
     return conn
 
 
-async def serve(core: CoreAPI, bus: str) -> None:
+async def serve(core: CoreAPI, bus: str, on_serving: Callable[[], None] = lambda: None) -> None:
     """Serve ``core`` as io.github.nvkmd until the bus connection is lost,
-    then raise ``NvkmdError(UNREACHABLE)``.  Cancel the task to stop."""
+    then raise ``NvkmdError(UNREACHABLE)``.  Cancel the task to stop.
+    ``on_serving`` is called once the name is owned (the daemon tells
+    systemd it is ready only then, so a client started after READY=1 finds it)."""
     conn = await connect(bus)
     service = ManagerService(core, conn)
     # Answer and publish before owning the name, so no early caller is lost.
@@ -62,6 +67,7 @@ async def serve(core: CoreAPI, bus: str) -> None:
                              f"{api.describe_bus(bus)}: another nvkmd is running")
         log.info("serving", name=api.BUS_NAME, path=api.OBJECT_PATH, bus=bus,
                  unique_name=conn.unique_name)
+        on_serving()
         why = "the bus closed the connection"
         try:
             await conn.wait_for_disconnect()
