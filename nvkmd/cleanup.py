@@ -107,7 +107,7 @@ def decide(facts: Sequence[Facts], running: str, keep: int, busy: str | None = N
 
 def facts(paths: Paths) -> list[Facts]:
     out = []
-    for k in list_kernels(paths):
+    for k in list_kernels(paths, include_leftovers=True):
         out.append(Facts(k.release, kernel_installed(paths, k.release), k.nvkmd_dir.exists(),
                          tuple(dkms.installed(paths, k.release))))
     return out

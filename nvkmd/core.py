@@ -34,12 +34,12 @@ from . import cleanup as modcleanup
 from . import pkgdb
 from .buildlog import latest_log, tail
 from .config import Config
-from .detect import Change, Debouncer, Snapshot, WatchEvent, diff, is_leftover, lock_event, plan, \
+from .detect import Change, Debouncer, Snapshot, WatchEvent, diff, lock_event, plan, \
     relevant, scan, watch_spec
 from .engine import Engine, Outcome
 from .errors import ErrorCode, NvkmdError, invalid
 from .jobs import JobStore, next_job, ordered
-from .kernels import NVKMD_SUBDIR, check_release
+from .kernels import NVKMD_SUBDIR, check_release, is_leftover
 from .model import (DaemonStatus, DriverInfo, Event, JobFinished, JobInfo, JobProgress, JobQueued,
                     KernelStatus, LastBuild, SourceInfo, StateChanged)
 from .notify import status_line

@@ -24,7 +24,7 @@ from .cache import build_key
 from .config import Config
 from .engine import module_is_current
 from .errors import NvkmdError
-from .kernels import RELEASE_RE, Kernel, release_key
+from .kernels import RELEASE_RE, Kernel, list_kernels, release_key
 from .modinfo import modinfo, module_name
 from .paths import Paths
 from .source import Source
@@ -286,36 +286,8 @@ def plan(snap: Snapshot, active: Iterable[ActiveJob], past: dict[tuple[str, str]
 
 # -- the scan (I/O) ---------------------------------------------------------------
 
-def is_leftover(d: Path) -> bool:
-    """A kernel directory holding nothing but what nvkmd and depmod put
-    there: the kernel's packages are gone, so the kernel is too."""
-    try:
-        entries = list(d.iterdir())
-    except OSError:
-        return True
-    if not entries:
-        return False            # being unpacked, or a kernel without files yet
-    for e in entries:
-        if e.name.startswith("modules.") and not e.is_dir():
-            continue
-        if e.name == "updates" and e.is_dir() and not e.is_symlink():
-            if all(c.name == "nvkmd" or c.name.startswith(".nvkmd") for c in e.iterdir()):
-                continue
-        return False
-    return True
-
-
 def installed_releases(paths: Paths) -> list[str]:
-    out = set()
-    for d in paths.modules_dirs:
-        try:
-            entries = list(d.iterdir())
-        except OSError:
-            continue
-        for e in entries:
-            if RELEASE_RE.match(e.name) and e.is_dir() and not is_leftover(e):
-                out.add(e.name)
-    return sorted(out, key=release_key, reverse=True)
+    return [k.release for k in list_kernels(paths)]
 
 
 def _kernel_scan(paths: Paths, release: str, src: Source | None, package: str,

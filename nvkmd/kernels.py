@@ -192,8 +192,29 @@ class Kernel:
         return out
 
 
-def list_kernels(paths: Paths) -> list[Kernel]:
-    """Installed kernels, newest first."""
+def is_leftover(d: Path) -> bool:
+    """A kernel directory holding nothing but what nvkmd and depmod put
+    there: the kernel's packages are gone, so the kernel is too."""
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return True
+    if not entries:
+        return False            # being unpacked, or a kernel without files yet
+    for e in entries:
+        if e.name.startswith("modules.") and not e.is_dir():
+            continue
+        if e.name == "updates" and e.is_dir() and not e.is_symlink():
+            if all(c.name == "nvkmd" or c.name.startswith(".nvkmd") for c in e.iterdir()):
+                continue
+        return False
+    return True
+
+
+def list_kernels(paths: Paths, include_leftovers: bool = False) -> list[Kernel]:
+    """Installed kernels, newest first.  Directories that only hold what
+    nvkmd and depmod left behind are kernels that are gone: listed only
+    with ``include_leftovers`` (for cleanup)."""
     releases: set[str] = set()
     for d in paths.modules_dirs:
         try:
@@ -201,6 +222,6 @@ def list_kernels(paths: Paths) -> list[Kernel]:
         except OSError:
             continue
         for e in entries:
-            if e.is_dir() and RELEASE_RE.match(e.name):
+            if e.is_dir() and RELEASE_RE.match(e.name) and (include_leftovers or not is_leftover(e)):
                 releases.add(e.name)
     return [Kernel(paths, r) for r in sorted(releases, key=release_key, reverse=True)]
