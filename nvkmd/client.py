@@ -74,7 +74,9 @@ def _error(name: str, text: str, bus: str) -> NvkmdError:
     return NvkmdError(code, f"{name}: {text}")
 
 
-async def connect(bus: str = "system") -> "Client":
+async def open_bus(bus: str) -> MessageBus:
+    """A connection to ``bus`` ("system", "session" or an address), for the
+    client and the daemon's adapter alike."""
     try:
         kind, address = api.parse_bus(bus)
     except ValueError as e:
@@ -89,7 +91,11 @@ async def connect(bus: str = "system") -> "Client":
         raise NvkmdError(ErrorCode.UNREACHABLE,
                          f"cannot connect to {api.describe_bus(bus)}: {e}") from None
     patch_writer(conn)
-    return Client(conn, bus)
+    return conn
+
+
+async def connect(bus: str = "system") -> "Client":
+    return Client(await open_bus(bus), bus)
 
 
 class Client:

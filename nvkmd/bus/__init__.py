@@ -11,12 +11,11 @@ from typing import Callable
 
 import structlog
 
-from dbus_fast import BusType, NameFlag, RequestNameReply
-from dbus_fast.aio import MessageBus
+from dbus_fast import NameFlag, RequestNameReply
 from dbus_fast.errors import DBusError
 
 from .. import api
-from ..busfix import patch_writer
+from ..client import open_bus
 from ..errors import ErrorCode, NvkmdError
 from ..model import CoreAPI
 from .service import ManagerService
@@ -26,22 +25,8 @@ log = structlog.get_logger("nvkmd.bus")
 __all__ = ["serve"]
 
 
-async def connect(bus: str) -> MessageBus:
-    try:
-        kind, address = api.parse_bus(bus)
-    except ValueError as e:
-        raise NvkmdError(ErrorCode.INVALID_ARGUMENT, str(e)) from None
-    try:
-        if kind == "address":
-            conn = await MessageBus(bus_address=address).connect()
-        else:
-            conn = await MessageBus(bus_type=BusType.SYSTEM if kind == "system"
-                                    else BusType.SESSION).connect()
-    except Exception as e:
-        raise NvkmdError(ErrorCode.UNREACHABLE,
-                         f"cannot connect to {api.describe_bus(bus)}: {e}") from None
-    patch_writer(conn)
-    return conn
+# One way to connect, shared with the clients.
+connect = open_bus
 
 
 async def serve(core: CoreAPI, bus: str, on_serving: Callable[[], None] = lambda: None) -> None:
