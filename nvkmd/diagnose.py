@@ -120,7 +120,7 @@ _API = (
     (rf"passing argument \d+ of {_Q}{_NAME}{_Q} from incompatible pointer type",
      "the signature of {0}() changed"),
     (rf"incompatible pointer type.*{_Q}{_NAME}", "the type of {0} changed"),
-    (rf"initialization of .* from incompatible pointer type", "a callback signature changed"),
+    (r"initialization of .* from incompatible pointer type", "a callback signature changed"),
 )
 
 _ERROR_LINE = re.compile(r"(\berror:|\bError \d+|^ERROR:|\*\*\*|^nvkmd: )")
