@@ -128,11 +128,15 @@ class NvkmdDaemon:
     def jobs_for(self, kernel: str) -> list[dict]:
         return [j for j in self.jobs() if j["kernel"] == kernel]
 
-    def wait_job(self, kernel: str, state: str, timeout: float = 120, version: str | None = None) -> dict:
+    def wait_job(self, kernel: str, state: str, timeout: float = 120, version: str | None = None,
+                 after: int = 0) -> dict:
+        """The newest job for ``kernel`` in ``state`` (with id > ``after``:
+        a job queued later than a known one, not that one again)."""
         def cond():
             exited = self.proc is not None and self.proc.poll() is not None
             for j in reversed(self.jobs_for(kernel)):
-                if j["state"] == state and (version is None or j["source_version"] == version):
+                if j["id"] > after and j["state"] == state and \
+                        (version is None or j["source_version"] == version):
                     return j
             if exited:
                 raise AssertionError(f"nvkmd exited with {self.proc.returncode}")
