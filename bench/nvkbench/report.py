@@ -101,7 +101,8 @@ def markdown(doc: dict[str, Any]) -> str:
                     f"({m['cpu_model']}), {m['memory_mib'] // 1024} GiB, {m['os']}; kernel headers "
                     f"{headers}; driver source {m['driver_source']['package']} "
                     f"{m['driver_source']['version']} (built: {doc['source']}); dkms {m['dkms']}; "
-                    f"{doc['runs_per_figure']} runs per figure, idle {doc['idle_minutes']:g} min.")
+                    f"{doc['runs_per_figure']} run{'' if doc['runs_per_figure'] == 1 else 's'} per figure, "
+                    f"idle {doc['idle_minutes']:g} min.")
     return machine_line + "\n\n" + "\n".join(rows) + "\n"
 
 
