@@ -301,16 +301,17 @@ class Agent:
         for j in st.jobs:
             if j.state in ("queued", "running"):
                 self.versions.setdefault(j.id, j.source_version)
-        for slot, n in list(self.screen.shown.items()):
-            if n.progress and n.kernel not in running:
-                await self.screen.close(slot)
-                self.gate.forget(n.kernel)
+        # A progress notification is ended by its build's JobFinished (or by
+        # the daemon going away), never here: the status can be newer than
+        # the signals still queued behind this refresh, and the result must
+        # replace the progress in place, not follow a close.
+        failures = unseen_failures(st, self.seen.keys)
         if self.config.progress:
             for k, j in running.items():
                 if build_slot(k) not in self.screen.shown and \
                         self.gate.allow(k, j.phase, j.percent, time.monotonic()):
                     await self.screen.show(progress_notice(k, j.phase, j.percent))
-        for n in unseen_failures(st, self.seen.keys):
+        for n in failures:
             await self.screen.show(n)
             self.screen.release(n.slot)
         await self._boot(st)
