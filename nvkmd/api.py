@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .errors import ErrorCode
+from nvkmd.errors import ErrorCode
 
 # Reverse-DNS names.  The API is versioned by the interface's suffix: an
 # incompatible change gets Manager2 beside Manager1, never an edit of it.

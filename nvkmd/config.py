@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ErrorCode, NvkmdError
+from nvkmd.errors import ErrorCode, NvkmdError
 
 BACKENDS = ("auto", "kbuild", "dkms")
 

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .config import Config
+from nvkmd.config import Config
 
 DEFAULT_CONFIG = "etc/nvkmd/nvkmd.toml"
 RUNNING_KERNEL_ENV = "NVKMD_RUNNING_KERNEL"

@@ -1,6 +1,6 @@
 """Driving a real ``nvkmd`` daemon process on a test root.
 
-The daemon runs as ``python -m nvkmd.main --root R --bus none -v``; tests
+The daemon runs as ``python -m nvkmd.daemon.main --root R --bus none -v``; tests
 watch its log, its job database (read-only) and the files it installs, and
 wait on conditions.  Its log is printed at teardown, which pytest shows
 for a failed test.
@@ -52,7 +52,7 @@ class NvkmdDaemon:
         out.write(f"----- nvkmd start #{self.runs}\n")
         out.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nvkmd.main", "--root", str(self.root.path), "--bus", "none", "-v",
+            [sys.executable, "-m", "nvkmd.daemon", "--root", str(self.root.path), "--bus", "none", "-v",
              *self.args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             env=e)
         out.close()
@@ -168,7 +168,7 @@ def nvkmd_daemon(tmp_path, request):
 
 def installed_version(root: TestRoot, kernel: str) -> str | None:
     """The version of the nvidia module nvkmd installed for ``kernel``."""
-    from nvkmd.modinfo import modinfo
+    from nvkmd.system.modinfo import modinfo
     ko = root.nvkmd_dir(kernel) / "nvidia.ko"
     if not ko.exists():
         return None
@@ -182,7 +182,7 @@ def assert_install_whole(root: TestRoot, kernel: str) -> None:
     """nvkmd's directory for ``kernel`` is absent or complete: the manifest
     names its modules and each of them is a readable module for this kernel."""
     import json
-    from nvkmd.modinfo import modinfo
+    from nvkmd.system.modinfo import modinfo
     d = root.nvkmd_dir(kernel)
     if not d.exists():
         return

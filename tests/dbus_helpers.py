@@ -111,8 +111,8 @@ class PrivateBus:
 
 
 def run(address: str, fn: Callable[[Any], Awaitable[Any]], timeout: float = 60) -> Any:
-    """``await fn(client)`` with a fresh nvkmd.client connection, from sync code."""
-    from nvkmd import client
+    """``await fn(client)`` with a fresh nvkmd.clients.manager connection, from sync code."""
+    from nvkmd.clients import manager as client
 
     async def go():
         c = await client.connect(address)
@@ -166,7 +166,7 @@ class BusDaemon(NvkmdDaemon):
             out.write(f"----- nvkmd start #{self.runs}\n")
             out.flush()
             self.proc = subprocess.Popen(
-                [*self.wrapper, sys.executable, "-m", "nvkmd.main", "--root", str(self.root.path),
+                [*self.wrapper, sys.executable, "-m", "nvkmd.daemon", "--root", str(self.root.path),
                  "--bus", self.bus.address, "-v"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=e)
         self._mark = self.log_text().rfind(f"----- nvkmd start #{self.runs}")
@@ -269,7 +269,7 @@ def nobody_python() -> tuple[list[str], dict[str, str]]:
     tried = []
     for py in filter(None, candidates):
         r = subprocess.run([*NOBODY, "env", "-i", *(f"{k}={v}" for k, v in env.items()), py, "-c",
-                            "import sys, nvkmd.client; print('%d.%d' % sys.version_info[:2])"],
+                            "import sys, nvkmd.clients.manager; print('%d.%d' % sys.version_info[:2])"],
                            capture_output=True, text=True)
         if r.returncode == 0 and r.stdout.strip() == want:
             return [py], env

@@ -272,7 +272,7 @@ class Desktop:
 
 
 class AgentProcess:
-    """``python -m nvkmd.agent --bus <system-like bus> -v`` as a user of
+    """``python -m nvkmd.agent.main --bus <system-like bus> -v`` as a user of
     ``desktop``: its session bus, its $HOME (XDG_* unset, so the defaults
     under $HOME are what is tested)."""
 

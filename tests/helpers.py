@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 def header_kernels() -> list[str]:
     """Releases with real Debian headers on this machine, oldest first."""
-    from nvkmd.kernels import release_key
+    from nvkmd.system.kernels import release_key
     found = []
     if SYSTEM_MODULES.is_dir():
         for d in SYSTEM_MODULES.iterdir():
@@ -113,5 +113,5 @@ def run_nvkmd(*args: str, env: dict[str, str] | None = None, timeout: float = 60
               **kw) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "nvkmd.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nvkmd.daemon", *args], capture_output=True,
                           text=True, env=e, timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL, **kw)

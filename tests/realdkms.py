@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import TINY, set_tiny_version
-from nvkmd import dkms
+from nvkmd.system import dkms
 
 SYSTEM_MODULES = Path("/lib/modules")
 SRC = Path("/usr/src")

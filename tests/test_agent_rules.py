@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from nvkmd.agentconfig import AgentConfig, AgentConfigError, SeenFailures, config_file, \
+from nvkmd.agent.config import AgentConfig, AgentConfigError, SeenFailures, config_file, \
     load_config, parse_config, state_file
-from nvkmd.agentrules import BOOT_SLOT, CRITICAL, LOW, ProgressGate, boot_at_risk, boot_notice, \
+from nvkmd.agent.rules import BOOT_SLOT, CRITICAL, LOW, ProgressGate, boot_at_risk, boot_notice, \
     escape_markup, failure_key, failure_notice, next_boot, progress_notice, success_notice, \
     unseen_failures
 from nvkmd.model import DaemonStatus, JobInfo, KernelStatus, LastBuild, SourceInfo

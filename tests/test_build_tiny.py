@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from helpers import REPO, need_kernels, run_nvkmd
-from nvkmd.modinfo import elf_section, modinfo
+from nvkmd.system.modinfo import elf_section, modinfo
 
 
 def test_once_builds_and_installs_for_two_kernels(root):
@@ -59,7 +59,7 @@ def test_forced_rebuild_is_served_from_cache_without_a_compiler(root, tmp_path):
     trace = tmp_path / "execve.trace"
     # strace records every program the forced rebuild runs.
     proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace),
-                           sys.executable, "-m", "nvkmd.main", "--once", "--force", "--root",
+                           sys.executable, "-m", "nvkmd.daemon", "--once", "--force", "--root",
                            str(root.path), "--kernel", k], capture_output=True, text=True,
                           cwd=REPO, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -21,7 +21,7 @@ from helpers import wait_for
 from nvkmd import api
 from nvkmd.errors import ErrorCode
 from nvkmd.model import DaemonStatus
-from nvkmd.progress import PHASES
+from nvkmd.build.progress import PHASES
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
@@ -67,7 +67,7 @@ def finished_for(ids):
 
 def test_get_status_has_the_json_shape_and_agrees_with_list_kernels_and_jobs(served):
     (raw,) = served.call("GetStatus")
-    from nvkmd.client import unwrap
+    from nvkmd.dbusconn import unwrap
     d = unwrap(raw)
     assert set(d) == {"daemon", "source", "kernels", "jobs", "driver"}
     assert set(d["daemon"]) == {"version", "state"} and d["daemon"]["version"] == "0.1.0"

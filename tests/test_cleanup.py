@@ -9,10 +9,10 @@ import shutil
 import pytest
 
 from helpers import need_kernels
-from nvkmd import cleanup as cl
-from nvkmd import source as sources
+from nvkmd.install import cleanup as cl
+from nvkmd.system import source as sources
 from nvkmd.config import Config
-from nvkmd.engine import Engine
+from nvkmd.install.engine import Engine
 from nvkmd.errors import NvkmdError
 from nvkmd.paths import Paths
 

@@ -19,7 +19,7 @@ import pytest
 from dbus_helpers import bus, bus_factory, run, serve_root  # noqa: F401  (fixtures)
 from helpers import REPO, wait_for
 from nvkmd import api
-from nvkmd.progress import PHASES
+from nvkmd.build.progress import PHASES
 
 
 def nvkmctl(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
@@ -110,17 +110,17 @@ def test_readme_documents_the_exit_statuses():
 
 
 def test_status_imports_only_what_it_needs(served):
-    probe = ("import sys\nfrom nvkmd import cli\nrc = cli.main(['--bus', sys.argv[1], 'status'])\n"
+    probe = ("import sys\nfrom nvkmd.cli.main import main\nrc = main(['--bus', sys.argv[1], 'status'])\n"
              "print(' '.join(sorted(sys.modules)), file=sys.stderr)\nsys.exit(rc)\n")
     r = subprocess.run([sys.executable, "-c", probe, served.address], capture_output=True, text=True,
                        cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
     modules = set(r.stderr.split())
-    assert {"nvkmd.client", "nvkmd.render", "dbus_fast"} <= modules
+    assert {"nvkmd.clients.manager", "nvkmd.cli.render", "dbus_fast"} <= modules
     # nothing of the daemon's side, nor the libraries only it needs
-    for heavy in ("nvkmd.bus", "nvkmd.core", "nvkmd.engine", "nvkmd.config", "nvkmd.paths",
-                  "nvkmd.kernels", "nvkmd.source", "nvkmd.jobs", "nvkmd.watcher", "nvkmd.dkms",
-                  "nvkmd.readycheck", "structlog", "tenacity", "tomllib", "sqlite3", "pyinotify",
+    for heavy in ("nvkmd.bus", "nvkmd.daemon.core", "nvkmd.install.engine", "nvkmd.config", "nvkmd.paths",
+                  "nvkmd.system.kernels", "nvkmd.system.source", "nvkmd.jobs.store", "nvkmd.watch.watcher", "nvkmd.system.dkms",
+                  "nvkmd.cli.waitready", "structlog", "tenacity", "tomllib", "sqlite3", "pyinotify",
                   "sdnotify", "json"):
         assert heavy not in modules, heavy
 

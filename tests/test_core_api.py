@@ -12,7 +12,7 @@ import pytest
 
 from helpers import need_kernels
 from nvkmd.config import Config
-from nvkmd.core import Core
+from nvkmd.daemon.core import Core
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.model import JobFinished, JobProgress, JobQueued, StateChanged
 from nvkmd.paths import Paths

@@ -28,7 +28,7 @@ import pytest
 
 from daemon_helpers import installed_version
 from helpers import need_kernels, wait_for
-from nvkmd import pkgdb
+from nvkmd.system import pkgdb
 from nvkmd.paths import Paths
 
 FAST = "[daemon]\ndebounce_s = 0.2\n"

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from nvkmd.boot import grub_choice, parse_grub_default, systemd_boot_choice
-from nvkmd.core import kernel_state
-from nvkmd.detect import (ActiveJob, Change, Debouncer, KernelScan, PastJob, Snapshot, SourceScan,
-                          WatchEvent, diff, lock_event, plan, relevant)
+from nvkmd.inspect.boot import grub_choice, parse_grub_default, systemd_boot_choice
+from nvkmd.daemon.core import kernel_state
+from nvkmd.detect.diff import Change, diff
+from nvkmd.detect.plan import ActiveJob, PastJob, plan
+from nvkmd.detect.snapshot import KernelScan, Snapshot, SourceScan
+from nvkmd.watch.debounce import Debouncer
+from nvkmd.watch.events import WatchEvent, lock_event, relevant
 from nvkmd.model import JobInfo
-from nvkmd.notify import status_line, watchdog_interval
+from nvkmd.daemon.sdnotifier import status_line, watchdog_interval
 
 
 class Clock:

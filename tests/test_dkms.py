@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from helpers import need_kernels
-from nvkmd import dkms, origin, source as sources
+from nvkmd.system import dkms
+from nvkmd.inspect import origin
+from nvkmd.system import source as sources
 from nvkmd.config import Config
-from nvkmd.engine import Engine
+from nvkmd.install.engine import Engine
 from nvkmd.paths import Paths
-from nvkmd.sourcemgmt import init
+from nvkmd.admin.sourcemgmt import init
 from realdkms import FAKE_KERNELS, SYSTEM_MODULES, RealDkms, make_repo
 
 
@@ -89,7 +91,7 @@ def test_build_and_install_through_dkms(real_dkms, tmp_path):
     again, _ = build(paths, config, k)
     assert again.result == "up-to-date"
     # the daemon's scan agrees: DKMS's module is this kernel's current module
-    from nvkmd.detect import scan
+    from nvkmd.detect.scan import scan
     ks = scan(paths, config).kernels[k]
     assert (ks.current, ks.origin, ks.module_version) == (True, "dkms", "9.9.1")
 
@@ -176,7 +178,7 @@ def test_origins_nvkmd_dkms_and_none(real_dkms, tmp_path):
 
 
 def test_source_update_moves_dkms_to_the_new_version(real_dkms, tmp_path):
-    from nvkmd.sourcemgmt import update
+    from nvkmd.admin.sourcemgmt import update
     k = need_kernels(1)[0]
     clone = make_repo(tmp_path / "open-gpu-kernel-modules", ("9.9.1", "9.9.2"), checkout="9.9.1")
     config = Config(source_path=str(clone), state_dir=str(tmp_path / "state"),
@@ -197,13 +199,13 @@ def test_source_update_moves_dkms_to_the_new_version(real_dkms, tmp_path):
     assert "9.9.1" not in subprocess.run(["dkms", "status"], capture_output=True, text=True).stdout
     assert "unregistered nvidia/9.9.1" in results[0].log.read_text()
     assert not Path("/usr/src/nvidia-9.9.1").exists()
-    from nvkmd.versions import module_version
+    from nvkmd.inspect.versions import module_version
     assert module_version(paths, k) == "9.9.2"
 
 
 def test_cleanup_removes_dkms_modules_of_removed_kernels_with_dkms_remove(real_dkms, tmp_path,
                                                                           monkeypatch):
-    from nvkmd import cleanup
+    from nvkmd.install import cleanup
     k47, k56 = need_kernels(2)[:2]
     clone, config, paths, _ = setup_source(tmp_path)
     kbuild = Config(**{**config.__dict__, "build_backend": "kbuild"})

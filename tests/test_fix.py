@@ -7,9 +7,10 @@ import os
 import shutil
 
 from helpers import need_kernels
-from nvkmd import fix, source as sources
+from nvkmd.admin import fix
+from nvkmd.system import source as sources
 from nvkmd.config import Config
-from nvkmd.engine import Engine
+from nvkmd.install.engine import Engine
 from nvkmd.paths import Paths
 
 

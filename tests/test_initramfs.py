@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from helpers import need_kernels, run_nvkmd
-from nvkmd import initramfs
+from nvkmd.install import initramfs
 
 BROKEN_C = "this is not C;\n"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import SYSTEM_MODULES, need_kernels, run_nvkmd
-from nvkmd.modinfo import SIG_MAGIC, modinfo, read_module_bytes
+from nvkmd.system.modinfo import SIG_MAGIC, modinfo, read_module_bytes
 
 
 def _headers_with_config(root, release: str, **options: str) -> None:

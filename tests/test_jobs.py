@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from nvkmd.errors import ErrorCode, NvkmdError
-from nvkmd.jobs import MAX_ATTEMPTS, JobStore, next_job, ordered
+from nvkmd.jobs.store import MAX_ATTEMPTS, JobStore, next_job, ordered
 from nvkmd.model import JobInfo
 
 

@@ -10,7 +10,7 @@ import sys
 
 from dbus_helpers import bus, bus_daemon, bus_factory  # noqa: F401  (fixtures)
 from helpers import REPO, need_kernels, wait_for
-from nvkmd.modinfo import modinfo
+from nvkmd.system.modinfo import modinfo
 from realdkms import git, make_repo
 
 NO_BUS = "unix:path=/nonexistent/nvkmd-test-bus"

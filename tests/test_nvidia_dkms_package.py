@@ -20,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from helpers import need_kernels
-from nvkmd import dkms, origin, source as sources, versions
+from nvkmd.system import dkms
+from nvkmd.inspect import origin
+from nvkmd.system import source as sources
+from nvkmd.inspect import versions
 from nvkmd.config import Config
-from nvkmd.engine import Engine
+from nvkmd.install.engine import Engine
 from nvkmd.paths import Paths
 
 PACKAGE = "nvidia-open-kernel-dkms"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from helpers import header_kernels, run_nvkmd
-from nvkmd import source as sources
+from nvkmd.system import source as sources
 from nvkmd.config import Config
-from nvkmd.engine import Engine
-from nvkmd.modinfo import elf_section, modinfo
+from nvkmd.install.engine import Engine
+from nvkmd.system.modinfo import elf_section, modinfo
 from nvkmd.paths import Paths
 
 TARBALL = Path("/usr/src/nvidia-open-kernel.tar.xz")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from nvkmd import pkgdb
+from nvkmd.system import pkgdb
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from nvkmd.config import Config, ConfigError
-from nvkmd.diagnose import MARK_TIMEOUT, diagnose
-from nvkmd.kernels import check_release, release_key, toolchain_for
+from nvkmd.build.diagnose import MARK_TIMEOUT, diagnose
+from nvkmd.system.kernels import check_release, release_key, toolchain_for
 from nvkmd.errors import NvkmdError
-from nvkmd.progress import Counts, Progress, ProgressTracker, parse_counts
+from nvkmd.build.progress import Counts, Progress, ProgressTracker, parse_counts
 
 API_LINES = [
     ("nv-pci.c:223:9: error: too few arguments to function ‘pci_resize_resource’",

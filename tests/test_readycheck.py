@@ -15,7 +15,7 @@ from pathlib import Path
 
 from helpers import REPO, need_kernels, run_nvkmd
 from nvkmd.model import JobFinished, JobInfo, KernelStatus, LastBuild
-from nvkmd.readycheck import (EXIT_FAILED, EXIT_READY, EXIT_UNREACHABLE, EXTEND_MARGIN_S,
+from nvkmd.cli.waitready import (EXIT_FAILED, EXIT_READY, EXIT_UNREACHABLE, EXTEND_MARGIN_S,
                               extend_usec, judge, settle)
 
 NVKMCTL = Path(sys.executable).parent / "nvkmctl"
@@ -139,7 +139,7 @@ def test_healthy_dkms_module_is_read_from_dkms_tree_without_running_dkms(tmp_pat
         assert outcome.result == "success", outcome
         trace = tmp_path / "trace"
         probe = ("import sys; from nvkmd.config import Config; from nvkmd.paths import Paths; "
-                 "from nvkmd.readycheck import check_files; "
+                 "from nvkmd.cli.waitready import check_files; "
                  f"c = Config(source_path={str(clone)!r}, state_dir={config.state_dir!r}); "
                  f"r = check_files(Paths.build('/', None, c), c, {k!r}); print(r.ready, r.detail)")
         proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve,socket,connect", "-o",

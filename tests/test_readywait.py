@@ -19,7 +19,7 @@ from pathlib import Path
 from daemon_helpers import NotifySocket
 from dbus_helpers import bus, bus_daemon, bus_factory  # noqa: F401  (fixtures)
 from helpers import REPO, need_kernels, wait_for
-from nvkmd.readycheck import EXIT_FAILED, EXIT_READY, EXIT_TIMEOUT, EXIT_UNREACHABLE
+from nvkmd.cli.waitready import EXIT_FAILED, EXIT_READY, EXIT_TIMEOUT, EXIT_UNREACHABLE
 
 NVKMCTL = Path(sys.executable).parent / "nvkmctl"
 

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from helpers import TINY, set_tiny_version
-from nvkmd import source as sources
+from nvkmd.system import source as sources
 from nvkmd.config import Config
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from helpers import need_kernels
-from nvkmd import source as sources
+from nvkmd.system import source as sources
 from nvkmd.config import Config
-from nvkmd.engine import Engine
+from nvkmd.install.engine import Engine
 from nvkmd.errors import ErrorCode, NvkmdError
-from nvkmd.kernels import list_kernels
-from nvkmd.modinfo import modinfo
+from nvkmd.system.kernels import list_kernels
+from nvkmd.system.modinfo import modinfo
 from nvkmd.paths import Paths
-from nvkmd.sourcemgmt import (GENERATED_MARK, NVIDIA_TEMPLATE, init, render_dkms_conf, status,
+from nvkmd.admin.sourcemgmt import (GENERATED_MARK, NVIDIA_TEMPLATE, init, render_dkms_conf, status,
                               sync, update)
 from realdkms import git, make_repo
 

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from helpers import need_kernels
-from nvkmd import origin, secureboot, source as sources, versions
+from nvkmd.inspect import origin
+from nvkmd.inspect import secureboot
+from nvkmd.system import source as sources
+from nvkmd.inspect import versions
 from nvkmd.config import Config
-from nvkmd.engine import Engine
+from nvkmd.install.engine import Engine
 from nvkmd.paths import Paths
 
 GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"

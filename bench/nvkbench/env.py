@@ -68,7 +68,7 @@ def timed(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float =
 
 def header_kernels() -> list[str]:
     """Releases with real headers on this machine, oldest first."""
-    from nvkmd.kernels import release_key
+    from nvkmd.system.kernels import release_key
     out = []
     for d in SYSTEM_MODULES.iterdir() if SYSTEM_MODULES.is_dir() else []:
         if (d / "build" / "Makefile").is_file() and (d / "build" / ".config").is_file():
@@ -122,7 +122,7 @@ class SourceTree:
             shutil.copytree(TINY, self.top, symlinks=True)
         # The kernel interface layer `make` runs in (kernel-open/ of a checkout).
         self.tree = self.top / "kernel-open" if (self.top / "kernel-open").is_dir() else self.top
-        from nvkmd.source import modules_of, version_of
+        from nvkmd.system.source import modules_of, version_of
         self.version = version_of(self.tree, self.top)
         self.modules = modules_of(self.tree, self.top)
         if not self.version or not self.modules:
@@ -209,7 +209,7 @@ class DaemonProc:
         e.pop("NOTIFY_SOCKET", None)
         e.pop("WATCHDOG_USEC", None)
         e.update(self.env)
-        cmd = [PY, "-m", "nvkmd.main", "--root", str(self.root), "--bus", self.bus]
+        cmd = [PY, "-m", "nvkmd.daemon", "--root", str(self.root), "--bus", self.bus]
         if self.config:
             cmd += ["--config", str(self.config)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -316,7 +316,7 @@ SYSTEM_POLICY = """
 def bus_available() -> str:
     """'' if the D-Bus adapter and the client exist, else why not."""
     import importlib.util
-    missing = [m for m in ("nvkmd.bus", "nvkmd.client") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("nvkmd.bus", "nvkmd.clients.manager") if importlib.util.find_spec(m) is None]
     if missing:
         return f"{', '.join(missing)} not landed yet"
     if not shutil.which("dbus-daemon"):
@@ -359,7 +359,7 @@ def bus_owner(address: str) -> str:
     """The unique name owning io.github.nvkmd on ``address`` ('' if none)."""
     import asyncio
 
-    from nvkmd import client
+    from nvkmd.clients import manager as client
 
     async def go() -> str:
         c = await client.connect(address)

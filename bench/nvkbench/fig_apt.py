@@ -59,7 +59,7 @@ def _wait_dpkg_free() -> None:
     """Start the clock only when no other package transaction is running, and
     no other DKMS registration exists: the headers hook would build it too
     (and nvkmd refuses a kernel whose nvidia module DKMS installed)."""
-    from nvkmd import pkgdb
+    from nvkmd.system import pkgdb
     from nvkmd.paths import Paths
 
     from .realsys import DKMS_NAME, dkms_entries

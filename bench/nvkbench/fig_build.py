@@ -94,7 +94,7 @@ def p2(ctx: Context) -> stats.Figure:
 
 
 def _once(root: BenchRoot, k: str, force: bool) -> float:
-    cmd = [PY, "-m", "nvkmd.main", "--root", str(root.path), "--once", "--kernel", k]
+    cmd = [PY, "-m", "nvkmd.daemon", "--root", str(root.path), "--once", "--kernel", k]
     dt, p = timed(cmd + (["--force"] if force else []), env={"NVKMD_RUNNING_KERNEL": k},
                   timeout=3600, cwd=REPO)
     return dt

@@ -52,7 +52,7 @@ def p4(ctx: Context) -> stats.Figure:
 
 
 def _dkms_inventory() -> dict:
-    from nvkmd import dkms as nd
+    from nvkmd.system import dkms as nd
     out = subprocess.run(["dkms", "status"], capture_output=True, text=True).stdout
     entries = nd.parse_status(out)
     return {"entries": len(entries), "modules": sorted({f"{e.name}/{e.version}" for e in entries}),

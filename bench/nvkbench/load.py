@@ -2,7 +2,7 @@
 
   python load.py ADDRESS rate CLIENTS SECONDS [nvkmd|bus]
       CLIENTS connections, each calling in a loop for SECONDS: nvkmd's
-      GetStatus through nvkmd.client, or the bus's own GetId (the anchor).
+      GetStatus through nvkmd.clients.manager, or the bus's own GetId (the anchor).
   python load.py ADDRESS burst CALLS
       one connection, CALLS GetStatus calls in flight at once.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nvkmd import client  # noqa: E402
+from nvkmd.clients import manager as client  # noqa: E402
 from nvkmd.errors import NvkmdError  # noqa: E402
 
 

@@ -27,7 +27,7 @@ def dkms(*args: str, timeout: float = 1800, check: bool = True) -> subprocess.Co
 
 
 def dkms_entries() -> list:
-    from nvkmd import dkms as nd
+    from nvkmd.system import dkms as nd
     return nd.parse_status(dkms("status", check=False).stdout)
 
 
@@ -111,7 +111,7 @@ class BenchModule:
     """The source registered with the real DKMS as ``nvkmd-bench/<version>``."""
 
     def __init__(self, source: SourceTree, jobs: int):
-        from nvkmd.sourcemgmt import NVIDIA_TEMPLATE, render_dkms_conf
+        from nvkmd.admin.sourcemgmt import NVIDIA_TEMPLATE, render_dkms_conf
         self.version = source.version
         self.spec = ["-m", DKMS_NAME, "-v", self.version]
         self.dir = SRC / f"{DKMS_NAME}-{self.version}"

@@ -10,19 +10,19 @@ from __future__ import annotations
 from typing import Callable
 
 import structlog
-
 from dbus_fast import NameFlag, RequestNameReply
 from dbus_fast.errors import DBusError
 
-from .. import api
-from ..client import open_bus
-from ..errors import ErrorCode, NvkmdError
-from ..model import CoreAPI
-from .service import ManagerService
+from nvkmd import api
+from nvkmd.bus.logind import ShutdownInhibitor
+from nvkmd.bus.service import ManagerService
+from nvkmd.dbusconn import open_bus
+from nvkmd.errors import ErrorCode, NvkmdError
+from nvkmd.model import CoreAPI
 
 log = structlog.get_logger("nvkmd.bus")
 
-__all__ = ["serve"]
+__all__ = ["serve", "ShutdownInhibitor"]
 
 
 # One way to connect, shared with the clients.

@@ -15,7 +15,7 @@ import structlog
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from ..errors import ErrorCode, NvkmdError
+from nvkmd.errors import ErrorCode, NvkmdError
 
 log = structlog.get_logger("nvkmd.bus.auth")
 

@@ -26,7 +26,7 @@ import structlog
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from .. import api
+from nvkmd import api
 
 log = structlog.get_logger("nvkmd.logind")
 

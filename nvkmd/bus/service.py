@@ -18,13 +18,20 @@ import structlog
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from .. import __version__, api
-from ..errors import ErrorCode, NvkmdError, invalid
-from ..kernels import check_release
-from ..model import CoreAPI, Event, JobFinished, JobProgress, JobQueued, StateChanged
-from . import introspect, wire
-from .auth import Authorizer
-from .throttle import PropertyState, Throttle
+from nvkmd import __version__, api
+from nvkmd.bus import introspect, wire
+from nvkmd.bus.auth import Authorizer
+from nvkmd.bus.throttle import PropertyState, Throttle
+from nvkmd.errors import ErrorCode, NvkmdError, invalid
+from nvkmd.model import (
+    CoreAPI,
+    Event,
+    JobFinished,
+    JobProgress,
+    JobQueued,
+    StateChanged,
+)
+from nvkmd.system.kernels import check_release
 
 log = structlog.get_logger("nvkmd.bus")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from ..model import DaemonStatus
+from nvkmd.model import DaemonStatus
 
 _BY_ANNOTATION = {"str": "s", "bool": "b", "int": "x", "float": "d", "list[str]": "as"}
 _CAST = {"s": lambda v: text(str(v)), "b": bool, "x": int, "d": float,

@@ -1,0 +1,1 @@
+"""nvkmd-agent: desktop notifications for one user's session."""

@@ -1,0 +1,5 @@
+import sys
+
+from nvkmd.agent.main import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from nvkmd.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,256 @@
+"""The one client of nvkmd's D-Bus API, shared by nvkmctl, nvkmd-agent and
+the boot ready-check.  The only client-side module that imports dbus-fast,
+so it also holds nvkmd-agent's client of the desktop's notification server
+(``Notifications``, on the user's session bus).
+
+Calls return the model's dataclasses; D-Bus errors come back as the
+``NvkmdError`` the daemon raised (its error name maps back to the same
+``ErrorCode``), and bus trouble becomes UNREACHABLE or ACCESS_DENIED with a
+line a person can act on.  Signals arrive as the model's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from dbus_fast import (
+    Message,
+    MessageFlag,
+    MessageType,
+)
+from dbus_fast.aio import MessageBus
+
+from nvkmd import api
+from nvkmd.dbusconn import DBUS, open_bus, unwrap
+from nvkmd.errors import ErrorCode, NvkmdError, invalid
+from nvkmd.model import (
+    DaemonStatus,
+    Event,
+    JobFinished,
+    JobInfo,
+    JobProgress,
+    JobQueued,
+    KernelStatus,
+    StateChanged,
+)
+
+CALL_TIMEOUT_S = 120.0          # a privileged call may wait for a password
+_U32, _U64 = 2**32 - 1, 2**64 - 1
+
+
+def check_args(member: str, signature: str, args: tuple) -> None:
+    """Refuse, as InvalidArgument, what D-Bus cannot carry (a NUL in a
+    string, an out-of-range integer), instead of failing in the encoder."""
+    if len(signature) != len(args):
+        raise invalid(f"{member} takes {len(signature)} arguments, not {len(args)}")
+    for sig, arg in zip(signature, args):
+        ok = {"s": lambda a: isinstance(a, str) and "\x00" not in a,
+              "b": lambda a: isinstance(a, bool),
+              "u": lambda a: isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= _U32,
+              "t": lambda a: isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= _U64,
+              }.get(sig, lambda a: True)(arg)
+        if not ok:
+            raise invalid(f"{member}: not a valid argument of type {sig}: {repr(arg)[:80]}")
+
+
+def _error(name: str, text: str, bus: str) -> NvkmdError:
+    code = api.error_code(name)
+    if name.startswith(api.ERROR_PREFIX):
+        return NvkmdError(code, text)
+    where = api.describe_bus(bus)
+    if code is ErrorCode.UNREACHABLE:
+        if "Spawn" in name:
+            return NvkmdError(code, f"nvkmd is not running on {where}, and the bus could not "
+                              "start it (is nvkmd.service installed and enabled?)")
+        if name.endswith(("NoReply", "Timeout", "TimedOut")):
+            return NvkmdError(code, f"nvkmd on {where} did not answer in time")
+        return NvkmdError(code, f"nvkmd is not running (nothing owns {api.BUS_NAME} on {where})")
+    if code is ErrorCode.ACCESS_DENIED:
+        return NvkmdError(code, f"the bus refused the call: {text}")
+    if code is ErrorCode.BUSY:
+        return NvkmdError(code, f"the bus refused the call for now: {text}")
+    return NvkmdError(code, f"{name}: {text}")
+
+
+async def connect(bus: str = "system") -> "Client":
+    return Client(await open_bus(bus), bus)
+
+
+class Client:
+    def __init__(self, conn: MessageBus, bus: str):
+        self.conn = conn
+        self.bus = bus
+        self._handlers: list[Callable[[Message], None]] = []
+        self._props: dict[str, Any] = {}
+        self._watching = False
+        conn.add_message_handler(self._dispatch)
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.disconnect()
+
+    # -- calls ----------------------------------------------------------------
+    async def _raw(self, msg: Message, timeout: float) -> list:
+        try:
+            reply = await asyncio.wait_for(self.conn.call(msg), timeout)
+        except asyncio.TimeoutError:
+            raise NvkmdError(ErrorCode.UNREACHABLE, f"nvkmd did not answer within {timeout:.0f}s") \
+                from None
+        except NvkmdError:
+            raise
+        except Exception as e:
+            raise NvkmdError(ErrorCode.UNREACHABLE,
+                             f"lost the connection to {api.describe_bus(self.bus)}: {e}") from None
+        if reply.message_type == MessageType.ERROR:
+            raise _error(reply.error_name or "", reply.body[0] if reply.body else "", self.bus)
+        return reply.body
+
+    async def call(self, member: str, *args: Any, interactive: bool = False,
+                   timeout: float = CALL_TIMEOUT_S) -> list:
+        """Call a Manager1 method; ``interactive`` lets polkit ask the user
+        for a password (through an agent) instead of refusing at once."""
+        method = api.METHODS[member]
+        check_args(member, method.in_signature, args)
+        flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE
+        return await self._raw(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
+                                       interface=api.INTERFACE, member=member,
+                                       signature=method.in_signature, body=list(args),
+                                       flags=flags), timeout)
+
+    async def _bus_call(self, member: str, signature: str = "", body: list | None = None) -> list:
+        dest, path, iface = DBUS
+        return await self._raw(Message(destination=dest, path=path, interface=iface,
+                                       member=member, signature=signature, body=body or []),
+                               CALL_TIMEOUT_S)
+
+    async def status(self) -> DaemonStatus:
+        (d,) = await self.call("GetStatus")
+        return DaemonStatus.from_dict(unwrap(d))
+
+    async def kernels(self) -> list[KernelStatus]:
+        (ks,) = await self.call("ListKernels")
+        return [KernelStatus.from_dict(unwrap(k)) for k in ks]
+
+    async def jobs(self, finished: int = 20) -> list[JobInfo]:
+        (js,) = await self.call("ListJobs", finished)
+        return [JobInfo.from_dict(unwrap(j)) for j in js]
+
+    async def build(self, kernel: str = "", force: bool = False, interactive: bool = False) -> list[int]:
+        (ids,) = await self.call("Build", kernel, force, interactive=interactive)
+        return list(ids)
+
+    async def cancel(self, job_id: int, interactive: bool = False) -> None:
+        await self.call("Cancel", job_id, interactive=interactive)
+
+    async def get_log(self, job_id: int = 0, kernel: str = "", lines: int = 50) -> tuple[str, list[str]]:
+        path, tail = await self.call("GetLog", job_id, kernel, lines)
+        return path, list(tail)
+
+    async def cleanup(self, keep: int, execute: bool, interactive: bool = False) -> list[str]:
+        (paths,) = await self.call("Cleanup", keep, execute, interactive=interactive)
+        return list(paths)
+
+    async def rescan(self, interactive: bool = False) -> None:
+        await self.call("Rescan", interactive=interactive)
+
+    async def properties(self) -> dict[str, Any]:
+        body = await self._raw(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
+                                       interface="org.freedesktop.DBus.Properties",
+                                       member="GetAll", signature="s", body=[api.INTERFACE]),
+                               CALL_TIMEOUT_S)
+        return unwrap(body[0])
+
+    async def owner(self) -> str:
+        """The unique name of the running daemon, "" if none runs."""
+        try:
+            (name,) = await self._bus_call("GetNameOwner", "s", [api.BUS_NAME])
+        except NvkmdError as e:
+            if e.code is ErrorCode.UNREACHABLE:
+                return ""
+            raise
+        return name
+
+    # -- signals --------------------------------------------------------------
+    async def _add_match(self, rule: str) -> None:
+        await self._bus_call("AddMatch", "s", [rule])
+
+    def _dispatch(self, msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL:
+            for h in list(self._handlers):
+                h(msg)
+        return None
+
+    async def subscribe(self, callback: Callable[[Event], None]) -> None:
+        """Deliver the daemon's signals as model events: JobQueued,
+        JobProgress, JobFinished, and StateChanged for PropertiesChanged.
+        The match rules name the well-known name, so they hold across
+        daemon restarts and before the daemon first appears."""
+        await self._add_match(f"type='signal',sender='{api.BUS_NAME}',path='{api.OBJECT_PATH}',"
+                              f"interface='{api.INTERFACE}'")
+        await self._add_match(f"type='signal',sender='{api.BUS_NAME}',path='{api.OBJECT_PATH}',"
+                              f"interface='org.freedesktop.DBus.Properties',"
+                              f"member='PropertiesChanged',arg0='{api.INTERFACE}'")
+        try:
+            self._props = await self.properties()
+        except NvkmdError as e:
+            if e.code is not ErrorCode.UNREACHABLE:
+                raise
+            self._props = {}
+
+        def handler(msg: Message) -> None:
+            if msg.path != api.OBJECT_PATH:
+                return
+            event = self._event(msg)
+            if event is not None:
+                callback(event)
+        self._handlers.append(handler)
+
+    def _event(self, msg: Message) -> Event | None:
+        b = msg.body
+        if msg.interface == api.INTERFACE:
+            if msg.member == "JobQueued" and msg.signature == "tss":
+                return JobQueued(JobInfo(id=b[0], kernel=b[1], source_version=b[2], state="queued"))
+            if msg.member == "JobProgress" and msg.signature == "tssu":
+                return JobProgress(job_id=b[0], kernel=b[1], phase=b[2], percent=b[3])
+            if msg.member == "JobFinished" and msg.signature == "tsssss":
+                return JobFinished(job_id=b[0], kernel=b[1], result=b[2], cause=b[3], hint=b[4],
+                                   log=b[5])
+        elif (msg.interface == "org.freedesktop.DBus.Properties" and msg.member == "PropertiesChanged"
+              and msg.signature == "sa{sv}as" and b[0] == api.INTERFACE):
+            self._props.update(unwrap(b[1]))
+            p = self._props
+            phase, percent = (p.get("Progress") or ["", 0])[:2]
+            return StateChanged(state=p.get("State", ""), current_job=p.get("CurrentJob", 0),
+                                phase=phase, percent=percent,
+                                source_version=p.get("SourceVersion", ""))
+        return None
+
+    async def watch_owner(self, callback: Callable[[str], None]) -> None:
+        """``callback(unique_name)`` whenever the daemon appears ("" when it
+        goes away)."""
+        await self._add_match("type='signal',sender='org.freedesktop.DBus',"
+                              "interface='org.freedesktop.DBus',member='NameOwnerChanged',"
+                              f"arg0='{api.BUS_NAME}'")
+
+        def handler(msg: Message) -> None:
+            if (msg.member == "NameOwnerChanged" and msg.interface == "org.freedesktop.DBus"
+                    and msg.signature == "sss" and msg.body[0] == api.BUS_NAME):
+                callback(msg.body[2])
+        self._handlers.append(handler)
+
+    async def wait_disconnected(self) -> None:
+        try:
+            await self.conn.wait_for_disconnect()
+        except Exception:
+            pass
+
+
+# -- the desktop's notification server, for nvkmd-agent ----------------------------
+
+

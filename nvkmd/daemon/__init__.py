@@ -1,0 +1,2 @@
+"""The long-running nvkmd: the scheduler core, the service wiring (signals, watcher,
+adapters), sd_notify, and --once."""

@@ -1,0 +1,5 @@
+import sys
+
+from nvkmd.daemon.main import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""``nvkmd``: the daemon, and ``nvkmd --once`` for a single pass."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from nvkmd import __version__
+from nvkmd.config import Config, ConfigError
+from nvkmd.errors import EXIT_CONFIG, NvkmdError
+from nvkmd.paths import Paths
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nvkmd", description="Keep NVIDIA's open kernel modules "
+                                "built for every installed kernel.")
+    p.add_argument("--root", default="/", help="root of the system to manage (default /)")
+    p.add_argument("--config", help="configuration file (default <root>/etc/nvkmd/nvkmd.toml)")
+    p.add_argument("--bus", default="system",
+                   help="D-Bus to serve on: system, session, none or an address (default system)")
+    p.add_argument("--once", action="store_true",
+                   help="build every kernel whose module is missing or stale, then exit")
+    p.add_argument("--kernel", help="with --once: only this kernel release")
+    p.add_argument("--force", action="store_true", help="with --once: rebuild even if current")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"nvkmd {__version__}")
+    return p.parse_args(argv)
+
+
+def load(args: argparse.Namespace) -> tuple[Paths, Config]:
+    base = Paths.build(args.root, args.config)
+    config = Config.load(base.config_file)
+    return Paths.build(args.root, args.config, config), config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from nvkmd import logsetup
+    logsetup.setup(args.verbose)
+    try:
+        paths, config = load(args)
+    except ConfigError as e:
+        print(f"nvkmd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.once:
+            from nvkmd.daemon.once import run_once
+            return asyncio.run(run_once(paths, config, args.kernel, args.force))
+        from nvkmd.daemon.service import run_daemon
+        return run_daemon(paths, config, args)
+    except NvkmdError as e:
+        print(f"nvkmd: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The persistent, de-duplicated job queue."""
