@@ -15,6 +15,7 @@ from pathlib import Path
 from nvkmd.config import Config
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
+from nvkmd.system import untar
 from nvkmd.system.kernels import release_key
 
 KINDS = ("git", "dkms", "debian", "run", "path")
@@ -164,8 +165,7 @@ def _unpack_debian(paths: Paths, tarball: Path, unpack: bool = True) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            with tarfile.open(tarball) as tf:
-                tf.extractall(tmp, filter="data")
+            untar.extract(tarball, tmp)      # the data filter's rules, also on 3.11.2
         except (OSError, tarfile.TarError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if getattr(e, "errno", None) == 28:
