@@ -41,21 +41,29 @@ def _fromdict(cls: type, d: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+class Record:
+    """Plain data with a dict form: ``to_dict`` for JSON and the bus,
+    ``from_dict`` to rebuild it on the other side."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return _fromdict(cls, d)
+
+
 @dataclasses.dataclass(frozen=True)
-class LastBuild:
+class LastBuild(Record):
     result: str                 # success | failed | cancelled
     log: str                    # path of the build log, "" if none
     cause: str                  # "" on success
     hint: str
     finished_at: float          # seconds since the epoch
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LastBuild":
-        return _fromdict(cls, d)
-
 
 @dataclasses.dataclass(frozen=True)
-class KernelStatus:
+class KernelStatus(Record):
     release: str
     running: bool
     headers: bool
@@ -67,9 +75,6 @@ class KernelStatus:
     percent: int = 0
     last_build: LastBuild | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return _asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "KernelStatus":
         lb = d.get("last_build")
@@ -78,7 +83,7 @@ class KernelStatus:
 
 
 @dataclasses.dataclass(frozen=True)
-class JobInfo:
+class JobInfo(Record):
     id: int
     kernel: str
     source_version: str
@@ -94,28 +99,17 @@ class JobInfo:
     hint: str = ""
     log: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return _asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "JobInfo":
-        return _fromdict(cls, d)
-
 
 @dataclasses.dataclass(frozen=True)
-class SourceInfo:
+class SourceInfo(Record):
     path: str
     version: str
     kind: str                   # git | dkms | debian | run | path | "" if none found
     error: str = ""             # why no source could be used, "" if fine
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SourceInfo":
-        return _fromdict(cls, d)
-
 
 @dataclasses.dataclass(frozen=True)
-class DriverInfo:
+class DriverInfo(Record):
     """Does the driver fit together: module, user space, firmware, Secure Boot
     (``versions.driver_info``).  Every field is "" when it does not apply."""
     kernel: str = ""              # whose module was looked at (running, else newest with one)
@@ -128,13 +122,9 @@ class DriverInfo:
     module_signature: str = ""    # unsigned | signed | signed, key enrolled | signed, key not enrolled
     hint: str = ""                # what to do about a mismatch, "" when all is well
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DriverInfo":
-        return _fromdict(cls, d)
-
 
 @dataclasses.dataclass(frozen=True)
-class DaemonStatus:
+class DaemonStatus(Record):
     version: str
     state: str                  # one of DAEMON_STATES
     source: SourceInfo
@@ -160,6 +150,7 @@ class DaemonStatus:
 
 
 # -- events the core emits (the D-Bus adapter turns them into signals) ------
+
 
 @dataclasses.dataclass(frozen=True)
 class JobQueued:
