@@ -16,65 +16,58 @@ DOCTYPE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspectio
            ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n')
 
 # The standard interfaces the object also answers (dbus-fast serves Peer;
-# nvkmd.bus.service serves Introspectable and Properties).
-_STANDARD = """
-<node>
-  <interface name="org.freedesktop.DBus.Introspectable">
-    <method name="Introspect"><arg name="xml_data" type="s" direction="out"/></method>
-  </interface>
-  <interface name="org.freedesktop.DBus.Peer">
-    <method name="Ping"/>
-    <method name="GetMachineId"><arg name="machine_uuid" type="s" direction="out"/></method>
-  </interface>
-  <interface name="org.freedesktop.DBus.Properties">
-    <method name="Get">
-      <arg name="interface_name" type="s" direction="in"/>
-      <arg name="property_name" type="s" direction="in"/>
-      <arg name="value" type="v" direction="out"/>
-    </method>
-    <method name="GetAll">
-      <arg name="interface_name" type="s" direction="in"/>
-      <arg name="properties" type="a{sv}" direction="out"/>
-    </method>
-    <method name="Set">
-      <arg name="interface_name" type="s" direction="in"/>
-      <arg name="property_name" type="s" direction="in"/>
-      <arg name="value" type="v" direction="in"/>
-    </method>
-    <signal name="PropertiesChanged">
-      <arg name="interface_name" type="s"/>
-      <arg name="changed_properties" type="a{sv}"/>
-      <arg name="invalidated_properties" type="as"/>
-    </signal>
-  </interface>
-</node>
-"""
+# nvkmd.bus.service serves Introspectable and Properties):
+# (interface, [(method, in args, out args)], [(signal, args)]).
+_STANDARD = (
+    ("org.freedesktop.DBus.Introspectable", [("Introspect", [], [("xml_data", "s")])], []),
+    ("org.freedesktop.DBus.Peer",
+     [("Ping", [], []), ("GetMachineId", [], [("machine_uuid", "s")])], []),
+    ("org.freedesktop.DBus.Properties",
+     [("Get", [("interface_name", "s"), ("property_name", "s")], [("value", "v")]),
+      ("GetAll", [("interface_name", "s")], [("properties", "a{sv}")]),
+      ("Set", [("interface_name", "s"), ("property_name", "s"), ("value", "v")], [])],
+     [("PropertiesChanged", [("interface_name", "s"), ("changed_properties", "a{sv}"),
+                             ("invalidated_properties", "as")])]),
+)
+
+def _method(iface: ET.Element, name: str, args, returns) -> None:
+    el = ET.SubElement(iface, "method", name=name)
+    for arg, sig in args:
+        ET.SubElement(el, "arg", name=arg, type=sig, direction="in")
+    for arg, sig in returns:
+        ET.SubElement(el, "arg", name=arg, type=sig, direction="out")
+
+
+def _signal(iface: ET.Element, name: str, args) -> None:
+    el = ET.SubElement(iface, "signal", name=name)
+    for arg, sig in args:
+        ET.SubElement(el, "arg", name=arg, type=sig)
 
 
 def interface_element() -> ET.Element:
     iface = ET.Element("interface", name=api.INTERFACE)
     for m in api.METHODS.values():
-        el = ET.SubElement(iface, "method", name=m.name)
-        for name, sig in m.args:
-            ET.SubElement(el, "arg", name=name, type=sig, direction="in")
-        for name, sig in m.returns:
-            ET.SubElement(el, "arg", name=name, type=sig, direction="out")
+        _method(iface, m.name, m.args, m.returns)
     for p in api.PROPERTIES.values():
         el = ET.SubElement(iface, "property", name=p.name, type=p.signature, access="read")
         if p.emits != "true":
             ET.SubElement(el, "annotation", name="org.freedesktop.DBus.Property.EmitsChangedSignal",
                           value=p.emits)
     for s in api.SIGNALS.values():
-        el = ET.SubElement(iface, "signal", name=s.name)
-        for name, sig in s.args:
-            ET.SubElement(el, "arg", name=name, type=sig)
+        _signal(iface, s.name, s.args)
     return iface
 
 
 @lru_cache(maxsize=1)
 def object_xml() -> str:
     """What ``Introspect`` on the object returns."""
-    node = ET.fromstring(_STANDARD)
+    node = ET.Element("node")
+    for name, methods, signals in _STANDARD:
+        iface = ET.SubElement(node, "interface", name=name)
+        for m in methods:
+            _method(iface, *m)
+        for s in signals:
+            _signal(iface, *s)
     node.append(interface_element())
     ET.indent(node)
     return DOCTYPE + ET.tostring(node, encoding="unicode") + "\n"
