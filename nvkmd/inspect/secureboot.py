@@ -265,13 +265,3 @@ def _mok_serials(paths: Paths) -> set[str]:
             out.add(_norm(s.split("=", 1)[1]))
     return out
 
-
-def for_system(paths: Paths, config: Config) -> SecureBoot:
-    """The report for the module of ``versions.relevant_kernel``."""
-    from nvkmd.errors import NvkmdError
-    from nvkmd.inspect.versions import nvidia_module, relevant_kernel
-    try:
-        module = nvidia_module(paths, relevant_kernel(paths))
-    except NvkmdError:
-        module = None
-    return check(paths, config, module)

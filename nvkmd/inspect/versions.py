@@ -190,14 +190,6 @@ def check(paths: Paths, module: str) -> Versions:
                     str(paths.firmware_dir / "nvidia" / module) if module else "", ok, hint)
 
 
-def for_system(paths: Paths) -> Versions:
-    """The report for the module of ``relevant_kernel``."""
-    try:
-        return check(paths, module_version(paths, relevant_kernel(paths)))
-    except NvkmdError:
-        return check(paths, "")
-
-
 def driver_info(paths: Paths, config: "Config") -> "DriverInfo":
     """Versions and Secure Boot in one record, for ``status`` (a few
     subprocesses: call it once per rescan, not per request)."""
