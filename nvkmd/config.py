@@ -14,6 +14,8 @@ from typing import Any, Callable
 from nvkmd.errors import ErrorCode, NvkmdError
 
 BACKENDS = ("auto", "kbuild", "dkms")
+# What nvkmd does when the kernel that boots next has no ready module.
+BOOT_GUARDS = ("off", "warn", "pin")
 
 
 class ConfigError(NvkmdError):
@@ -88,6 +90,7 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[Any], str | None]]] = {
     ("install", "strip"): (True, _bool),
     ("daemon", "debounce_s"): (2.0, _number_above(0)),
     ("daemon", "lock_wait_max_s"): (3600, _number_above(0)),
+    ("boot", "guard"): ("warn", _one_of(*BOOT_GUARDS)),
 }
 
 
@@ -107,6 +110,7 @@ class Config:
     install_strip: bool = True
     daemon_debounce_s: float = 2.0
     daemon_lock_wait_max_s: float = 3600
+    boot_guard: str = "warn"
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "Config":
