@@ -1,5 +1,11 @@
 """The one way to reach a D-Bus, shared by the daemon's adapter and the clients.
 
+The clients (of nvkmd's API and of the desktop's notification server) use
+only ``Connection``: a call returns the reply's body or raises ``CallError``
+(an error reply, with its D-Bus name), ``CallTimeout`` or ``ConnectionLost``,
+so what those mean to a person is decided by the client, and dbus-fast stays
+behind this module and ``nvkmd.bus``.
+
 ``open_bus`` connects to "system", "session" or an address and patches
 dbus-fast's writer: dbus-fast (5.2.0 and earlier) writes to its
 non-blocking socket with ``sock.send`` and treats ``BlockingIOError``
@@ -13,11 +19,17 @@ python-dbus-next issue #153.)
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from dbus_fast import (
     BusType,
+    Message,
+    MessageFlag,
+    MessageType,
+    NameFlag,
+    RequestNameReply,
     Variant,
 )
 from dbus_fast.aio import MessageBus
@@ -85,3 +97,86 @@ async def open_bus(bus: str) -> MessageBus:
                          f"cannot connect to {api.describe_bus(bus)}: {e}") from None
     patch_writer(conn)
     return conn
+
+
+async def connect(bus: str) -> "Connection":
+    return Connection(await open_bus(bus))
+
+
+class CallError(Exception):
+    """The peer (or the bus) answered with a D-Bus error."""
+
+    def __init__(self, name: str, text: str):
+        super().__init__(f"{name}: {text}")
+        self.name, self.text = name, text
+
+
+class CallTimeout(Exception):
+    """No answer within the call's timeout."""
+
+
+class ConnectionLost(Exception):
+    """The connection failed under a call; the message says how."""
+
+
+def variant(signature: str, value: Any) -> Any:
+    """A value of an ``a{sv}`` dict (e.g. a notification's hints)."""
+    return Variant(signature, value)
+
+
+class Connection:
+    """One bus connection: method calls, signals, names.  A signal handler
+    gets every signal the match rules (``AddMatch`` on ``DBUS``) let
+    through, as a message with ``.path .interface .member .signature .body``."""
+
+    def __init__(self, raw: MessageBus):
+        # dbus-fast's own object, for tests that speak the protocol by hand.
+        self.raw = raw
+        self._handlers: list[Callable[[Any], None]] = []
+        raw.add_message_handler(self._dispatch)
+
+    def _dispatch(self, msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL:
+            for h in list(self._handlers):
+                h(msg)
+        return None
+
+    async def call(self, dest: str, path: str, iface: str, member: str, signature: str = "",
+                   body: list | None = None, *, timeout: float,
+                   interactive: bool = False) -> list:
+        """The reply's body; ``interactive`` lets polkit ask the user for a
+        password (through an agent) instead of refusing at once."""
+        flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE
+        msg = Message(destination=dest, path=path, interface=iface, member=member,
+                      signature=signature, body=body or [], flags=flags)
+        try:
+            reply = await asyncio.wait_for(self.raw.call(msg), timeout)
+        except asyncio.TimeoutError:
+            raise CallTimeout(f"no answer within {timeout:.0f}s") from None
+        except Exception as e:
+            raise ConnectionLost(str(e)) from None
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+            raise CallError(reply.error_name or "", text)
+        return reply.body
+
+    def on_signal(self, handler: Callable[[Any], None]) -> None:
+        self._handlers.append(handler)
+
+    async def request_name(self, name: str) -> bool:
+        """Take ``name`` without queueing: False if another connection has it."""
+        try:
+            reply = await self.raw.request_name(name, NameFlag.DO_NOT_QUEUE)
+        except Exception as e:
+            raise ConnectionLost(str(e)) from None
+        return reply in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER)
+
+    def disconnect(self) -> None:
+        self.raw.disconnect()
+
+    async def wait_for_disconnect(self) -> None:
+        """Returns once the connection is gone, however it went."""
+        try:
+            await self.raw.wait_for_disconnect()
+        except Exception:
+            pass

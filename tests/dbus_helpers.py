@@ -142,7 +142,7 @@ def raw_call(address: str, member: str, signature: str, body: list, *,
         msg = Message(destination=api.BUS_NAME, path=path or api.OBJECT_PATH,
                       interface=api.INTERFACE if interface is _OURS else interface,
                       member=member, signature=signature, body=body, flags=MessageFlag(flags))
-        return await c.conn.call(msg)
+        return await c.conn.raw.call(msg)
     return run(address, go)
 
 

@@ -61,9 +61,9 @@ def fuzzed(tmp_path_factory):
 
 
 async def send(c, member: str, signature: str, body: list, interface: str = api.INTERFACE) -> Message:
-    return await c.conn.call(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
-                                     interface=interface, member=member, signature=signature,
-                                     body=body))
+    return await c.conn.raw.call(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
+                                         interface=interface, member=member, signature=signature,
+                                         body=body))
 
 
 def error_of(reply: Message) -> str:
@@ -96,12 +96,12 @@ def test_a_nul_is_refused_before_it_is_sent_and_by_the_bus(fuzzed):
         msg = Message(destination=api.BUS_NAME, path=api.OBJECT_PATH, interface=api.INTERFACE,
                       member="Build", signature="sb", body=["EVILXNUL", False], serial=4242)
         data = bytes(msg._marshall(False)).replace(b"EVILXNUL", b"EVIL\x00NUL")
-        c.conn._sock.sendall(data)
+        c.conn.raw._sock.sendall(data)
         try:
-            await asyncio.wait_for(c.conn.wait_for_disconnect(), 30)
+            await asyncio.wait_for(c.conn.raw.wait_for_disconnect(), 30)
         except (EOFError, OSError):      # how dbus-fast reports the bus hanging up
             pass
-        return c.conn.connected
+        return c.conn.raw.connected
     assert run(address, smuggle) is False
     assert run(address, lambda c: c.status()).version
 

@@ -39,7 +39,7 @@ async def collect(c, action, done, timeout: float = 120) -> list[tuple[float, Me
         if msg.message_type is MessageType.SIGNAL and msg.path == api.OBJECT_PATH:
             got.append((time.monotonic(), msg))
             changed.set()
-    c.conn.add_message_handler(handler)
+    c.conn.raw.add_message_handler(handler)
     await c._add_match(f"type='signal',sender='{api.BUS_NAME}',path='{api.OBJECT_PATH}'")
     result = await action(c)
     deadline = time.monotonic() + timeout
@@ -256,8 +256,9 @@ def test_no_reply_expected_calls_are_served_silently(served):
     from dbus_fast import MessageFlag
 
     async def go(c):
-        c.conn.send(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH, interface=api.INTERFACE,
-                            member="GetStatus", flags=MessageFlag.NO_REPLY_EXPECTED))
+        c.conn.raw.send(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
+                                interface=api.INTERFACE, member="GetStatus",
+                                flags=MessageFlag.NO_REPLY_EXPECTED))
         return await c.status()
     assert run(served.address, go).version == "0.1.0"
 

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Callable
 
-from dbus_fast import (
-    BusType,
-    Message,
-    MessageType,
-    NameFlag,
-    RequestNameReply,
-    Variant,
-)
-from dbus_fast.aio import MessageBus
-
 from nvkmd import api
-from nvkmd.dbusconn import DBUS
+from nvkmd.dbusconn import DBUS, CallError, CallTimeout, Connection, ConnectionLost, connect, variant
 from nvkmd.errors import ErrorCode, NvkmdError
 
 NOTIFICATIONS = ("org.freedesktop.Notifications", "/org/freedesktop/Notifications",
@@ -33,48 +22,30 @@ _HINT_TYPES = {"urgency": "y", "resident": "b", "transient": "b", "value": "i",
 
 async def connect_session(address: str = "") -> "Notifications":
     """The user's session bus ($DBUS_SESSION_BUS_ADDRESS unless ``address``)."""
-    try:
-        bus = MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SESSION)
-        conn = await bus.connect()
-    except Exception as e:
-        raise NvkmdError(ErrorCode.UNREACHABLE, f"cannot connect to the session bus: {e}") from None
-    return Notifications(conn)
+    return Notifications(await connect(address or "session"))
 
 
 class Notifications:
     """org.freedesktop.Notifications.  While no server runs (and the bus
     cannot start one) every call raises UNREACHABLE."""
 
-    def __init__(self, conn: MessageBus):
+    def __init__(self, conn: Connection):
         self.conn = conn
-        self._handlers: list[Callable[[Message], None]] = []
-        conn.add_message_handler(self._dispatch)
 
     def close(self) -> None:
         self.conn.disconnect()
 
-    def _dispatch(self, msg: Message) -> None:
-        if msg.message_type is MessageType.SIGNAL:
-            for h in list(self._handlers):
-                h(msg)
-        return None
-
     async def _call(self, dest: tuple[str, str, str], member: str, signature: str = "",
                     body: list | None = None) -> list:
-        msg = Message(destination=dest[0], path=dest[1], interface=dest[2], member=member,
-                      signature=signature, body=body or [])
         try:
-            reply = await asyncio.wait_for(self.conn.call(msg), NOTIFY_TIMEOUT_S)
-        except asyncio.TimeoutError:
+            return await self.conn.call(*dest, member, signature, body, timeout=NOTIFY_TIMEOUT_S)
+        except CallTimeout:
             raise NvkmdError(ErrorCode.UNREACHABLE, f"{dest[0]} did not answer {member} within "
                              f"{NOTIFY_TIMEOUT_S:.0f}s") from None
-        except Exception as e:
+        except ConnectionLost as e:
             raise NvkmdError(ErrorCode.UNREACHABLE, f"lost the session bus: {e}") from None
-        if reply.message_type == MessageType.ERROR:
-            name = reply.error_name or ""
-            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-            raise NvkmdError(api.error_code(name), f"{dest[0]}: {name}: {text}")
-        return reply.body
+        except CallError as e:
+            raise NvkmdError(api.error_code(e.name), f"{dest[0]}: {e.name}: {e.text}") from None
 
     async def owner(self) -> str:
         """The running server's unique name, "" if none runs."""
@@ -90,11 +61,10 @@ class Notifications:
         """Take ``name`` on the session bus, not queueing: False if another
         connection has it (one agent per session)."""
         try:
-            reply = await self.conn.request_name(name, NameFlag.DO_NOT_QUEUE)
-        except Exception as e:
+            return await self.conn.request_name(name)
+        except ConnectionLost as e:
             raise NvkmdError(ErrorCode.UNREACHABLE, f"cannot own {name} on the session bus: {e}") \
                 from None
-        return reply in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER)
 
     async def activatable(self) -> bool:
         """Whether the bus starts a server on the first call (most desktops)."""
@@ -108,7 +78,7 @@ class Notifications:
     async def notify(self, app_name: str, replaces_id: int, icon: str, summary: str, body: str,
                      actions: list[str], hints: dict[str, Any], timeout_ms: int) -> int:
         """Show (or, with ``replaces_id``, update in place) a notification; its id."""
-        variants = {k: Variant(_HINT_TYPES[k], v) for k, v in hints.items()}
+        variants = {k: variant(_HINT_TYPES[k], v) for k, v in hints.items()}
         (nid,) = await self._call(NOTIFICATIONS, "Notify", "susssasa{sv}i",
                                   [app_name, replaces_id, icon, summary, body, actions, variants,
                                    timeout_ms])
@@ -130,7 +100,7 @@ class Notifications:
             f"type='signal',sender='{NOTIFICATIONS[0]}',path='{NOTIFICATIONS[1]}',"
             f"interface='{NOTIFICATIONS[2]}'"])
 
-        def handler(msg: Message) -> None:
+        def handler(msg: Any) -> None:
             b = msg.body
             if msg.member == "NameOwnerChanged" and msg.interface == DBUS[2] \
                     and msg.signature == "sss" and b[0] == NOTIFICATIONS[0]:
@@ -140,10 +110,7 @@ class Notifications:
                     on_action(b[0], b[1])
                 elif msg.member == "NotificationClosed" and msg.signature == "uu":
                     on_closed(b[0], b[1])
-        self._handlers.append(handler)
+        self.conn.on_signal(handler)
 
     async def wait_disconnected(self) -> None:
-        try:
-            await self.conn.wait_for_disconnect()
-        except Exception:
-            pass
+        await self.conn.wait_for_disconnect()

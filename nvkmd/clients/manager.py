@@ -1,7 +1,5 @@
 """The one client of nvkmd's D-Bus API, shared by nvkmctl, nvkmd-agent and
-the boot ready-check.  The only client-side module that imports dbus-fast,
-so it also holds nvkmd-agent's client of the desktop's notification server
-(``Notifications``, on the user's session bus).
+the boot ready-check.
 
 Calls return the model's dataclasses; D-Bus errors come back as the
 ``NvkmdError`` the daemon raised (its error name maps back to the same
@@ -11,18 +9,11 @@ line a person can act on.  Signals arrive as the model's events.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Callable
 
-from dbus_fast import (
-    Message,
-    MessageFlag,
-    MessageType,
-)
-from dbus_fast.aio import MessageBus
-
 from nvkmd import api
-from nvkmd.dbusconn import DBUS, open_bus, unwrap
+from nvkmd.dbusconn import DBUS, CallError, CallTimeout, Connection, ConnectionLost, unwrap
+from nvkmd.dbusconn import connect as connect_bus
 from nvkmd.errors import ErrorCode, NvkmdError, invalid
 from nvkmd.model import (
     DaemonStatus,
@@ -74,17 +65,14 @@ def _error(name: str, text: str, bus: str) -> NvkmdError:
 
 
 async def connect(bus: str = "system") -> "Client":
-    return Client(await open_bus(bus), bus)
+    return Client(await connect_bus(bus), bus)
 
 
 class Client:
-    def __init__(self, conn: MessageBus, bus: str):
+    def __init__(self, conn: Connection, bus: str):
         self.conn = conn
         self.bus = bus
-        self._handlers: list[Callable[[Message], None]] = []
         self._props: dict[str, Any] = {}
-        self._watching = False
-        conn.add_message_handler(self._dispatch)
 
     async def __aenter__(self) -> "Client":
         return self
@@ -96,20 +84,19 @@ class Client:
         self.conn.disconnect()
 
     # -- calls ----------------------------------------------------------------
-    async def _raw(self, msg: Message, timeout: float) -> list:
+    async def _raw(self, dest: str, path: str, iface: str, member: str, signature: str,
+                   body: list, timeout: float = CALL_TIMEOUT_S, interactive: bool = False) -> list:
         try:
-            reply = await asyncio.wait_for(self.conn.call(msg), timeout)
-        except asyncio.TimeoutError:
+            return await self.conn.call(dest, path, iface, member, signature, body,
+                                        timeout=timeout, interactive=interactive)
+        except CallTimeout:
             raise NvkmdError(ErrorCode.UNREACHABLE, f"nvkmd did not answer within {timeout:.0f}s") \
                 from None
-        except NvkmdError:
-            raise
-        except Exception as e:
+        except ConnectionLost as e:
             raise NvkmdError(ErrorCode.UNREACHABLE,
                              f"lost the connection to {api.describe_bus(self.bus)}: {e}") from None
-        if reply.message_type == MessageType.ERROR:
-            raise _error(reply.error_name or "", reply.body[0] if reply.body else "", self.bus)
-        return reply.body
+        except CallError as e:
+            raise _error(e.name, e.text, self.bus) from None
 
     async def call(self, member: str, *args: Any, interactive: bool = False,
                    timeout: float = CALL_TIMEOUT_S) -> list:
@@ -117,17 +104,11 @@ class Client:
         for a password (through an agent) instead of refusing at once."""
         method = api.METHODS[member]
         check_args(member, method.in_signature, args)
-        flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE
-        return await self._raw(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
-                                       interface=api.INTERFACE, member=member,
-                                       signature=method.in_signature, body=list(args),
-                                       flags=flags), timeout)
+        return await self._raw(api.BUS_NAME, api.OBJECT_PATH, api.INTERFACE, member,
+                               method.in_signature, list(args), timeout, interactive)
 
     async def _bus_call(self, member: str, signature: str = "", body: list | None = None) -> list:
-        dest, path, iface = DBUS
-        return await self._raw(Message(destination=dest, path=path, interface=iface,
-                                       member=member, signature=signature, body=body or []),
-                               CALL_TIMEOUT_S)
+        return await self._raw(*DBUS, member, signature, body or [])
 
     async def status(self) -> DaemonStatus:
         (d,) = await self.call("GetStatus")
@@ -160,10 +141,8 @@ class Client:
         await self.call("Rescan", interactive=interactive)
 
     async def properties(self) -> dict[str, Any]:
-        body = await self._raw(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
-                                       interface="org.freedesktop.DBus.Properties",
-                                       member="GetAll", signature="s", body=[api.INTERFACE]),
-                               CALL_TIMEOUT_S)
+        body = await self._raw(api.BUS_NAME, api.OBJECT_PATH, "org.freedesktop.DBus.Properties",
+                               "GetAll", "s", [api.INTERFACE])
         return unwrap(body[0])
 
     async def owner(self) -> str:
@@ -179,12 +158,6 @@ class Client:
     # -- signals --------------------------------------------------------------
     async def _add_match(self, rule: str) -> None:
         await self._bus_call("AddMatch", "s", [rule])
-
-    def _dispatch(self, msg: Message) -> None:
-        if msg.message_type is MessageType.SIGNAL:
-            for h in list(self._handlers):
-                h(msg)
-        return None
 
     async def subscribe(self, callback: Callable[[Event], None]) -> None:
         """Deliver the daemon's signals as model events: JobQueued,
@@ -203,15 +176,15 @@ class Client:
                 raise
             self._props = {}
 
-        def handler(msg: Message) -> None:
+        def handler(msg: Any) -> None:
             if msg.path != api.OBJECT_PATH:
                 return
             event = self._event(msg)
             if event is not None:
                 callback(event)
-        self._handlers.append(handler)
+        self.conn.on_signal(handler)
 
-    def _event(self, msg: Message) -> Event | None:
+    def _event(self, msg: Any) -> Event | None:
         b = msg.body
         if msg.interface == api.INTERFACE:
             if msg.member == "JobQueued" and msg.signature == "tss":
@@ -238,19 +211,11 @@ class Client:
                               "interface='org.freedesktop.DBus',member='NameOwnerChanged',"
                               f"arg0='{api.BUS_NAME}'")
 
-        def handler(msg: Message) -> None:
+        def handler(msg: Any) -> None:
             if (msg.member == "NameOwnerChanged" and msg.interface == "org.freedesktop.DBus"
                     and msg.signature == "sss" and msg.body[0] == api.BUS_NAME):
                 callback(msg.body[2])
-        self._handlers.append(handler)
+        self.conn.on_signal(handler)
 
     async def wait_disconnected(self) -> None:
-        try:
-            await self.conn.wait_for_disconnect()
-        except Exception:
-            pass
-
-
-# -- the desktop's notification server, for nvkmd-agent ----------------------------
-
-
+        await self.conn.wait_for_disconnect()
