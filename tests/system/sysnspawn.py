@@ -177,7 +177,12 @@ class Container:
 
     # -- inside ---------------------------------------------------------------
     def path(self, inside: str) -> Path:
-        """A file of the container, seen from here (through the overlay)."""
+        """A file of the container, seen from here (through the overlay).
+        Not below /run, /tmp, /dev, /proc or /sys: those are mounted over
+        inside, so what is written here would not be seen there."""
+        top = inside.lstrip("/").split("/", 1)[0]
+        if top in ("run", "tmp", "dev", "proc", "sys"):
+            raise ValueError(f"{inside}: mounted over inside the container; use run()")
         return self.root / inside.lstrip("/")
 
     def run(self, cmd: str | list[str], *, user: str = "", check: bool = True,

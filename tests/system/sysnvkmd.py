@@ -2,11 +2,11 @@
 apt, systemctl, nvkmctl, the config file.
 
 The driver source for most tests is tests/data/tiny-open (builds in
-seconds), copied to /usr/src/tiny-open.  Its conftest.sh gets one line in
-front: while /run/nvkmd-test-gate exists, the build waits there.  That
-holds a build in its "conftest" phase for as long as a test needs (a kill,
-a queued job behind it) without a timing guess; /run is visible but
-read-only in nvkmd's sandbox, so only the test can open the gate.
+seconds), copied to /usr/src/tiny-open.  Its Makefile gets one line: while
+/run/nvkmd-test-gate exists, make waits before it starts Kbuild.  That
+holds a build as long as a test needs (a kill, a queued job behind it)
+without a timing guess; /run is visible but read-only in nvkmd's sandbox,
+so only the test can open the gate.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ TINY_INSIDE = "/usr/src/tiny-open"
 GATE = "/run/nvkmd-test-gate"
 CONFIG = "/etc/nvkmd/nvkmd.toml"
 APT = "apt-get -q -y -o DPkg::Lock::Timeout=600 --no-install-recommends"
-GATE_LINE = f"while [ -e {GATE} ]; do sleep 0.1; done\n"
+# Only for `make modules`: count-lines.mk includes this Makefile too.
+GATE_LINE = (f"  ifeq ($(MAKECMDGOALS),modules)\n"
+             f"    _gate := $(shell while [ -e {GATE} ]; do sleep 0.1; done)\n  endif\n")
 
 TINY_CONFIG = f"""\
 [source]
@@ -57,9 +59,10 @@ def install_deb(c: Container, deb: Path):
 def add_tiny_source(c: Container) -> None:
     dest = c.path(TINY_INSIDE)
     shutil.copytree(TINY, dest, dirs_exist_ok=True)
-    script = dest / "kernel-open" / "conftest.sh"
-    lines = script.read_text().splitlines(keepends=True)
-    script.write_text(lines[0] + GATE_LINE + "".join(lines[1:]))
+    makefile = dest / "kernel-open" / "Makefile"
+    lines = makefile.read_text().splitlines(keepends=True)
+    at = lines.index("else\n") + 1       # the outer make, not Kbuild's pass
+    makefile.write_text("".join(lines[:at] + [GATE_LINE] + lines[at:]))
     # nvkmd refuses a source tree that anyone but root can write.
     c.run(f"chown -R root:root {TINY_INSIDE} && chmod -R go-w {TINY_INSIDE}")
 
@@ -73,11 +76,11 @@ def use_tiny_source(c: Container) -> None:
 
 
 def close_gate(c: Container) -> None:
-    c.path(GATE).write_text("")
+    c.run(f"touch {GATE}")
 
 
 def open_gate(c: Container) -> None:
-    c.path(GATE).unlink(missing_ok=True)
+    c.run(f"rm -f {GATE}")
 
 
 def running_kernel_dropin(c: Container, unit: str, kernel: str = GOOD) -> None:
@@ -169,11 +172,11 @@ def build(c: Container, release: str, force: bool = True) -> int:
 
 
 def wait_gated(c: Container, job_id: int, timeout: float = 120.0) -> dict:
-    """The job is running and held at the gate (its conftest phase)."""
+    """The job is running and held at the gate."""
     deadline = time.monotonic() + timeout
     while True:
         j = job(c, job_id)
-        if j and j["state"] == "running" and c.run("pgrep -f kernel-open/conftest.sh",
+        if j and j["state"] == "running" and c.run(f"pgrep -f 'while \\[ -e {GATE} '",
                                                    check=False).returncode == 0:
             return j
         if time.monotonic() > deadline:
