@@ -7,6 +7,10 @@ is a ``ConfigError`` naming the key; front ends exit with status 78 for it.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import math
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +18,18 @@ from typing import Any, Callable
 from nvkmd.errors import ErrorCode, NvkmdError
 
 BACKENDS = ("auto", "kbuild", "dkms")
+
+# Every number has a bound: a value past it is a typo or an attack, and an
+# unbounded one reaches make (jobs) or a timer (seconds) as it is.
+MAX_JOBS = 1024
+MAX_TIMEOUT_S = 7 * 86400
+MAX_CACHE_KEEP = 100
+MAX_LOGS_KEEP = 1000
+MAX_LOG_MIB = 64 * 1024
+MAX_DEBOUNCE_S = 3600
+MAX_LOCK_WAIT_S = 7 * 86400
+# The file itself: read at most this much, never waiting for a writer.
+MAX_CONFIG_BYTES = 1 << 20
 # What nvkmd does when the kernel that boots next has no ready module.
 BOOT_GUARDS = ("off", "warn", "pin")
 
@@ -42,22 +58,26 @@ def _one_of(*words: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _int_at_least(low: int) -> Callable[[Any], str | None]:
+def _int_in(low: int, high: int) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, int):
             return f"expected an integer, got {v!r}"
-        if v < low:
-            return f"expected an integer >= {low}, got {v}"
+        if not low <= v <= high:
+            return f"expected an integer from {low} to {high}, got {v}"
         return None
     return check
 
 
-def _number_above(low: float) -> Callable[[Any], str | None]:
+def _number_in(low: float, high: float) -> Callable[[Any], str | None]:
+    """low < v <= high; nan and inf are refused (nan compares false with
+    everything, so it would slip through a plain range check)."""
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"expected a number, got {v!r}"
-        if v <= low:
-            return f"expected a number > {low}, got {v}"
+        if not math.isfinite(v):
+            return f"expected a finite number, got {v}"
+        if not low < v <= high:
+            return f"expected a number > {low:g} and <= {high:g}, got {v:g}"
         return None
     return check
 
@@ -78,18 +98,19 @@ def _bool(v: Any) -> str | None:
 SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[Any], str | None]]] = {
     ("source", "path"): ("auto", _abs_path_or("auto")),
     ("build", "backend"): ("auto", _one_of(*BACKENDS)),
-    ("build", "jobs"): (0, _int_at_least(0)),
-    ("build", "timeout_s"): (1800, _number_above(0)),
-    ("build", "cache_keep"): (1, _int_at_least(0)),
+    ("build", "jobs"): (0, _int_in(0, MAX_JOBS)),
+    ("build", "timeout_s"): (1800, _number_in(0, MAX_TIMEOUT_S)),
+    ("build", "cache_keep"): (1, _int_in(0, MAX_CACHE_KEEP)),
     ("logs", "dir"): ("", _abs_path_or("")),
-    ("logs", "keep"): (10, _int_at_least(1)),
+    ("logs", "keep"): (10, _int_in(1, MAX_LOGS_KEEP)),
+    ("logs", "max_mib"): (64, _int_in(1, MAX_LOG_MIB)),
     ("state", "dir"): ("", _abs_path_or("")),
     ("signing", "key"): ("", _abs_path_or("")),
     ("signing", "cert"): ("", _abs_path_or("")),
     ("install", "initramfs"): ("auto", _initramfs),
     ("install", "strip"): (True, _bool),
-    ("daemon", "debounce_s"): (2.0, _number_above(0)),
-    ("daemon", "lock_wait_max_s"): (3600, _number_above(0)),
+    ("daemon", "debounce_s"): (2.0, _number_in(0, MAX_DEBOUNCE_S)),
+    ("daemon", "lock_wait_max_s"): (3600, _number_in(0, MAX_LOCK_WAIT_S)),
     ("boot", "guard"): ("warn", _one_of(*BOOT_GUARDS)),
 }
 
@@ -103,6 +124,7 @@ class Config:
     build_cache_keep: int = 1
     logs_dir: str = ""
     logs_keep: int = 10
+    logs_max_mib: int = 64
     state_dir: str = ""
     signing_key: str = ""
     signing_cert: str = ""
@@ -132,11 +154,17 @@ class Config:
         return cls(**values)
 
     @classmethod
-    def load(cls, path: Path) -> "Config":
-        """Read ``path``; a missing file means all defaults."""
+    def load(cls, path: Path, *, required: bool = False) -> "Config":
+        """Read ``path``.  A missing file means all defaults, unless it was
+        named explicitly (``required``); a dangling symlink is always an error."""
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_config_text(path)
         except FileNotFoundError:
+            if required:
+                raise ConfigError(f"config {path}: no such file") from None
+            if os.path.islink(path):
+                raise ConfigError(f"config {path}: a symlink to {os.readlink(path)}, "
+                                  "which does not exist") from None
             return cls()
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config {path}: cannot read: {e}") from None
@@ -148,3 +176,26 @@ class Config:
             return cls.from_mapping(data)
         except ConfigError as e:
             raise ConfigError(f"config {path}: {e.message}") from None
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text, from a regular file of at most MAX_CONFIG_BYTES.
+
+    O_NONBLOCK: a FIFO at the path must not block the daemon's event loop
+    (SIGHUP reloads on it); /dev/zero behind a symlink must not fill memory.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"config {path}: not a regular file")
+        data = os.read(fd, MAX_CONFIG_BYTES + 1)
+        while len(data) <= MAX_CONFIG_BYTES and (more := os.read(fd, MAX_CONFIG_BYTES + 1 - len(data))):
+            data += more
+    except BlockingIOError:
+        raise ConfigError(f"config {path}: cannot read: {os.strerror(errno.EAGAIN)}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path}: larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    return data.decode("utf-8")

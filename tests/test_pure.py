@@ -70,7 +70,7 @@ def test_progress_counts_each_kind_against_count_lines():
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ConfigError, match=r"^build\.jobs: expected an integer >= 0, got -1$"):
+    with pytest.raises(ConfigError, match=r"^build\.jobs: expected an integer from 0 to 1024, got -1$"):
         Config.from_mapping({"build": {"jobs": -1}})
     with pytest.raises(ConfigError, match=r"^build\.colour: unknown key$"):
         Config.from_mapping({"build": {"colour": "red"}})

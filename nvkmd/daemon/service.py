@@ -58,7 +58,7 @@ class Daemon:
 
     def _reload(self) -> None:
         try:
-            config = Config.load(self.paths.config_file)
+            config = Config.load(self.paths.config_file, required=bool(self.args.config))
         except ConfigError as e:
             log.error("configuration reload refused; keeping the old one", reason=e.message)
             return

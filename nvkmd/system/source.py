@@ -8,14 +8,13 @@ import hashlib
 import os
 import re
 import shutil
-import stat
 import tarfile
 from pathlib import Path
 
 from nvkmd.config import Config
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
-from nvkmd.system import untar
+from nvkmd.system import trust, untar
 from nvkmd.system.kernels import release_key
 
 KINDS = ("git", "dkms", "debian", "run", "path")
@@ -97,39 +96,14 @@ def classify(path: Path) -> tuple[str, Path]:
                         "(expected version.mk with kernel-open/, dkms.conf, or a Kbuild tree)")
 
 
-def check_ownership(tree: Path) -> None:
-    """Refuse ``tree`` if a non-root user could have written it or a parent.
-
-    nvkmd runs the tree's Makefiles as root, so a tree another user can
-    change is a way to root.  A sticky world-writable parent (``/tmp``) is
-    fine: others cannot replace an entry they do not own there.
-    """
-    def bad(p: Path, st: os.stat_result) -> str | None:
-        if st.st_uid != 0:
-            return f"owned by uid {st.st_uid}"
-        if st.st_mode & stat.S_IWOTH and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
-            return "writable by everyone"
-        if st.st_mode & stat.S_IWGRP and st.st_gid != 0 and \
-                not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
-            return f"writable by group {st.st_gid}"
-        return None
-
-    tree = tree.resolve()
-    for p in [tree, *tree.parents]:
-        problem = bad(p, p.stat())
-        if problem:
-            raise NvkmdError(ErrorCode.SOURCE_UNSAFE, f"refusing source {tree}: {p} is {problem}; "
-                             "nvkmd runs its Makefiles as root")
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            problem = bad(p, st)
-            if problem:
-                raise NvkmdError(ErrorCode.SOURCE_UNSAFE, f"refusing source {tree}: {p} is "
-                                 f"{problem}; nvkmd runs its Makefiles as root")
+def check_ownership(path: Path) -> None:
+    """Refuse ``path`` (a tree, or a tarball) unless only root could have
+    written it, everything in it and every parent: nvkmd runs the tree's
+    Makefiles as root.  The rules are trust.py's."""
+    if path.is_dir():
+        trust.check_tree(path)
+    else:
+        trust.check_path(path, "source")
 
 
 def content_hash(tree: Path) -> str:

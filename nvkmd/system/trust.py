@@ -1,0 +1,168 @@
+"""What nvkmd may trust: files and directories only root can have changed.
+
+nvkmd runs the driver's Makefiles as root and installs what they produce,
+so everything that decides what it builds or installs (the source tree,
+the state, cache and log directories) must be out of reach of every other
+user.  The rules, applied to the path as the kernel resolves it:
+
+- every directory on the way from ``/`` and every entry in it is owned by
+  root, and no directory or file is writable by a group other than root's
+  or by others: such a user could replace what nvkmd is about to read;
+- one exception, for the parents only: a root-owned sticky directory
+  (``/tmp``, ``/var/tmp``) may be world-writable, because others cannot
+  rename or remove an entry they do not own there (sudo and OpenSSH treat
+  it the same way).  The checked directory itself may not be such a
+  directory: anyone could add entries to it;
+- every symlink met on the way is root-owned, and its target is checked by
+  the same rules;
+- inside a source tree, a symlink may point only inside the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import deque
+from pathlib import Path
+
+from nvkmd.errors import ErrorCode, NvkmdError
+
+MAX_LINKS = 40      # the kernel's own limit (ELOOP)
+
+
+class Untrusted(NvkmdError):
+    """A path that a user other than root could have changed."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.SOURCE_UNSAFE):
+        super().__init__(code, message)
+
+
+def _writable_by_others(st: os.stat_result) -> str | None:
+    if st.st_mode & stat.S_IWOTH:
+        return "writable by everyone"
+    if st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+        return f"writable by group {st.st_gid}"
+    return None
+
+
+def _sticky_dir(st: os.stat_result) -> bool:
+    return stat.S_ISDIR(st.st_mode) and bool(st.st_mode & stat.S_ISVTX)
+
+
+def problem(st: os.stat_result, *, parent: bool = False) -> str | None:
+    """Why an entry with this (l)stat is not trustworthy, or None.
+    ``parent``: it is only traversed, so a root-owned sticky directory is fine."""
+    if st.st_uid != 0:
+        return f"owned by uid {st.st_uid}"
+    if stat.S_ISLNK(st.st_mode):
+        return None            # a link's own mode means nothing; its owner does
+    bad = _writable_by_others(st)
+    if bad and parent and _sticky_dir(st):
+        return None
+    return bad
+
+
+def resolve(path: Path) -> tuple[Path, list[str]]:
+    """``path`` resolved the way the kernel does, with every step checked.
+
+    Returns (the resolved path, the problems met: "<path> is <problem>").  A
+    missing final part is fine (nvkmd creates it); its existing parents are
+    checked.  Each directory is checked before anything in it is looked up.
+    """
+    problems: list[str] = []
+    path = Path(os.path.abspath(path))
+    todo = deque(path.parts[1:])
+    cur = Path("/")
+    st = os.lstat(cur)
+    if (p := problem(st, parent=bool(todo))):
+        problems.append(f"/ is {p}")
+    links = 0
+    while todo:
+        name = todo.popleft()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            cur = cur.parent          # already checked on the way down
+            continue
+        entry = cur / name
+        try:
+            st = os.lstat(entry)
+        except FileNotFoundError:
+            return Path(os.path.join(entry, *todo)), problems
+        except NotADirectoryError:
+            problems.append(f"{cur} is not a directory")
+            return Path(os.path.join(entry, *todo)), problems
+        last = not todo
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > MAX_LINKS:
+                problems.append(f"{path}: too many levels of symbolic links")
+                return entry, problems
+            if (p := problem(st)):
+                problems.append(f"{entry} (a symlink) is {p}")
+            target = os.readlink(entry)
+            todo.extendleft(reversed(Path(target).parts[1:] if target.startswith("/")
+                                     else Path(target).parts))
+            if target.startswith("/"):
+                cur = Path("/")
+            continue
+        if (p := problem(st, parent=not last)):
+            problems.append(f"{entry} is {p}")
+        cur = entry
+    return cur, problems
+
+
+def check_path(path: Path, what: str, code: ErrorCode = ErrorCode.SOURCE_UNSAFE) -> Path:
+    """The resolved ``path``, or Untrusted naming the first problem."""
+    resolved, problems = resolve(path)
+    if problems:
+        raise Untrusted(f"refusing {what} {path}: {problems[0]}; nvkmd runs as root and "
+                        "trusts only what root alone can change", code)
+    return resolved
+
+
+def check_tree(tree: Path, what: str = "source") -> Path:
+    """Refuse a source tree unless it and every file in it are root's alone.
+
+    The tree is walked as the build sees it: every entry is checked, and a
+    symlink must resolve inside the tree (its target is then checked as a
+    part of the tree).  Returns the resolved tree."""
+    top = check_path(tree, what)
+    if not top.is_dir():
+        raise Untrusted(f"refusing {what} {tree}: not a directory")
+
+    def refuse(message: str) -> Untrusted:
+        return Untrusted(f"refusing {what} {tree}: {message}; nvkmd runs its Makefiles as root")
+
+    def walk_error(e: OSError) -> None:
+        raise refuse(f"cannot read {e.filename}: {e.strerror}")
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=walk_error):
+        for name in dirnames + filenames:
+            entry = Path(dirpath) / name
+            st = os.lstat(entry)
+            if (p := problem(st)):
+                raise refuse(f"{entry} is {p}")
+            if stat.S_ISLNK(st.st_mode):
+                target = Path(os.path.realpath(entry))
+                if not target.is_relative_to(top):
+                    raise refuse(f"symlink {entry} points to {target}, outside the tree")
+    return top
+
+
+def check_dir(path: Path, what: str) -> Path:
+    """A directory nvkmd writes and later trusts (state, cache, logs): it
+    and its parents must be root's alone; it may not exist yet.  A problem
+    is a configuration error (exit status 78)."""
+    resolved = check_path(path, what, ErrorCode.CONFIG)
+    if resolved.exists() and not resolved.is_dir():
+        raise Untrusted(f"refusing {what} {path}: not a directory", ErrorCode.CONFIG)
+    return resolved
+
+
+def check_dirs(paths) -> None:
+    """The state, cache and log directories of ``paths`` (a Paths), or
+    Untrusted with ErrorCode.CONFIG naming the first one that fails."""
+    for d, what in ((paths.state_dir, "state directory"), (paths.cache_dir, "cache directory"),
+                    (paths.log_dir, "log directory")):
+        check_dir(d, what)
