@@ -160,3 +160,35 @@ class Paths:
     @property
     def unpacked_sources(self) -> Path:
         return self.cache_dir / "sources"
+
+    # -- preflight: candidate kernels' packages, before they are installed ---
+    @property
+    def apt_archives(self) -> Path:
+        """apt's download cache, when apt-config cannot say (Dir::Cache::archives)."""
+        return self.at("var/cache/apt/archives")
+
+    @property
+    def apt_lists(self) -> Path:
+        """apt's package lists, when apt-config cannot say (Dir::State::lists)."""
+        return self.at("var/lib/apt/lists")
+
+    @property
+    def pacman_cache(self) -> Path:
+        return self.at("var/cache/pacman/pkg")
+
+    @property
+    def pacman_sync(self) -> Path:
+        return self.pacman_dir / "sync"
+
+    @property
+    def preflight_work(self) -> Path:
+        """Private roots the candidates' headers are unpacked and built in."""
+        return self.cache_dir / "preflight"
+
+    @property
+    def preflight_logs(self) -> Path:
+        return self.log_dir / "preflight"
+
+    @property
+    def preflight_results(self) -> Path:
+        return self.state_dir / "preflight.json"
