@@ -439,7 +439,9 @@ class Core:
             done = self.store.finish(job.id, result, cause=d.cause if d else "",
                                      hint=d.hint if d else "", kind=d.kind if d else "",
                                      log=str(outcome.log or ""), build_key=kscan.build_key)
-        blog.info("build finished", result=done.result,
+        # A failed build is a warning: `journalctl -p warning` must show it.
+        say = blog.warning if done.result == "failed" else blog.info
+        say("build finished", result=done.result,
                   elapsed_s=round(done.finished_at - done.started_at, 1),
                   **_given(cause=done.cause, log=done.log))
         self._finished(done)

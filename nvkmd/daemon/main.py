@@ -8,9 +8,8 @@ import sys
 
 from nvkmd import __version__
 from nvkmd.config import Config, ConfigError
-from nvkmd.errors import EXIT_CONFIG, ErrorCode, NvkmdError
+from nvkmd.errors import EXIT_CONFIG, NvkmdError
 from nvkmd.paths import Paths
-from nvkmd.system import trust
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,12 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load(args: argparse.Namespace) -> tuple[Paths, Config]:
     base = Paths.build(args.root, args.config)
-    config = Config.load(base.config_file, required=bool(args.config))
-    paths = Paths.build(args.root, args.config, config)
-    # Before anything is read from or written to them: nvkmd installs what
-    # it finds in the cache and trusts its queue (trust.py).
-    trust.check_dirs(paths)
-    return paths, config
+    config = Config.load(base.config_file)
+    return Paths.build(args.root, args.config, config), config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,11 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths, config = load(args)
     except ConfigError as e:
-        print(f"nvkmd: {e}", file=sys.stderr)
+        logsetup.fatal(str(e))      # err in the journal: `journalctl -p err` names the key
         return EXIT_CONFIG
-    except NvkmdError as e:         # trust.check_dirs: a state, cache or log dir not root's alone
-        print(f"nvkmd: {e}", file=sys.stderr)
-        return EXIT_CONFIG if e.code is ErrorCode.CONFIG else 1
     try:
         if args.once:
             from nvkmd.daemon.once import run_once
@@ -58,10 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         from nvkmd.daemon.service import run_daemon
         return run_daemon(paths, config, args)
     except NvkmdError as e:
-        print(f"nvkmd: {e}", file=sys.stderr)
+        logsetup.fatal(str(e))
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:          # a crash: still err in the journal, with the traceback
+        logsetup.fatal(f"crashed: {type(e).__name__}: {e}", exc_info=True)
+        return 1
 
 
 if __name__ == "__main__":
