@@ -8,8 +8,9 @@ import sys
 
 from nvkmd import __version__
 from nvkmd.config import Config, ConfigError
-from nvkmd.errors import EXIT_CONFIG, NvkmdError
+from nvkmd.errors import EXIT_CONFIG, ErrorCode, NvkmdError
 from nvkmd.paths import Paths
+from nvkmd.system import trust
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,8 +31,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load(args: argparse.Namespace) -> tuple[Paths, Config]:
     base = Paths.build(args.root, args.config)
-    config = Config.load(base.config_file)
-    return Paths.build(args.root, args.config, config), config
+    config = Config.load(base.config_file, required=bool(args.config))
+    paths = Paths.build(args.root, args.config, config)
+    # Before anything is read from or written to them: nvkmd installs what
+    # it finds in the cache and trusts its queue (trust.py).
+    trust.check_dirs(paths)
+    return paths, config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         logsetup.fatal(str(e))      # err in the journal: `journalctl -p err` names the key
         return EXIT_CONFIG
+    except NvkmdError as e:         # trust.check_dirs: a state, cache or log dir not root's alone
+        logsetup.fatal(str(e))
+        return EXIT_CONFIG if e.code is ErrorCode.CONFIG else 1
     try:
         if args.once:
             from nvkmd.daemon.once import run_once
