@@ -7,6 +7,7 @@ reader never sees them missing.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import errno
 import os
@@ -16,6 +17,16 @@ from typing import Callable
 from nvkmd.errors import ErrorCode, NvkmdError
 
 LATEST = "latest.log"
+DEFAULT_MAX_BYTES = 64 << 20
+# Past the size cap, the build's last lines are still worth having: the
+# final error of a noisy build comes at its end.
+KEEP_LAST_LINES = 200
+TRUNCATED = "nvkmd: log truncated"
+DIAGNOSE_HEAD = 16 << 20
+DIAGNOSE_TAIL = 1 << 20
+# GetLog: at most this much of a log per call.
+MAX_TAIL_BYTES = 8 << 20
+TAIL_BLOCK = 1 << 16
 
 
 def _enospc(path: Path, e: OSError) -> NvkmdError:
@@ -36,10 +47,16 @@ def replace_symlink(link: Path, target: str) -> None:
 
 class BuildLog:
     def __init__(self, log_dir: Path, kernel: str, keep: int,
-                 now: Callable[[], dt.datetime] = dt.datetime.now):
+                 now: Callable[[], dt.datetime] = dt.datetime.now,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
         self.log_dir = log_dir
         self.kernel = kernel
         self.keep = keep
+        self.max_bytes = max_bytes
+        self._size = 0
+        self._dropped = 0
+        self._last: collections.deque[str] | None = None     # set once truncated
+        self._closing = False
         self.started = now()
         self.dir = log_dir / kernel
         stamp = self.started.strftime("%Y%m%d-%H%M%S")
@@ -70,14 +87,38 @@ class BuildLog:
     def write(self, line: str) -> None:
         if self._file is None or self.failed_write:
             return
+        line = line.rstrip("\n") + "\n"
+        if self._last is not None:
+            self._last.append(line)
+            self._dropped += 1
+            return
+        size = len(line.encode(errors="replace"))
+        if self._size + size > self.max_bytes and not self._closing:
+            self._last = collections.deque([line], maxlen=KEEP_LAST_LINES)
+            self._dropped = 1
+            self._put(f"{TRUNCATED} at {self.max_bytes // (1 << 20)} MiB (logs.max_mib); "
+                      f"the rest of the output is dropped except its last {KEEP_LAST_LINES} lines\n")
+            return
+        self._size += size
+        self._put(line)
+
+    def _put(self, line: str) -> None:
+        assert self._file is not None
         try:
-            self._file.write(line.rstrip("\n") + "\n")
+            self._file.write(line)
         except OSError as e:
             # Keep building: the build's result matters more than its log,
             # but remember why the log is short.
             self.failed_write = _enospc(self.path, e)
 
     def close(self, result: str, elapsed_s: float, extra: dict[str, str] | None = None) -> None:
+        if self._last is not None and self._file is not None and not self.failed_write:
+            last, self._last = self._last, None
+            self._put(f"{TRUNCATED}: {self._dropped - len(last)} lines dropped; "
+                      f"the last {len(last)}:\n")
+            for line in last:
+                self._put(line)
+        self._closing = True      # the trailer always goes in
         self.write("")
         for key, value in (extra or {}).items():
             self.write(f"# {key}: {value}")
@@ -102,8 +143,16 @@ class BuildLog:
                 pass
 
     def text(self) -> str:
+        """The log for diagnosis: all of it, or its head and its end when it
+        is big (the first errors and the last lines are what count)."""
         try:
-            return self.path.read_text(errors="replace")
+            with open(self.path, "rb") as f:
+                head = f.read(DIAGNOSE_HEAD)
+                size = os.fstat(f.fileno()).st_size
+                if size <= DIAGNOSE_HEAD:
+                    return head.decode(errors="replace")
+                f.seek(max(DIAGNOSE_HEAD, size - DIAGNOSE_TAIL))
+                return (head + b"\n" + f.read(DIAGNOSE_TAIL)).decode(errors="replace")
         except OSError:
             return ""
 
@@ -113,17 +162,28 @@ def latest_log(log_dir: Path, kernel: str | None = None) -> Path | None:
     return link.resolve() if link.exists() else None
 
 
-def tail(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of ``path`` without reading all of a big log."""
+def tail(path: Path, lines: int, max_bytes: int = MAX_TAIL_BYTES) -> list[str]:
+    """The last ``lines`` lines of ``path``, read backwards from its end in
+    blocks: never more than what is returned (plus one block), and never
+    more than ``max_bytes`` whatever the lines' length, so any number of
+    concurrent callers on a huge log cost bounded memory."""
     if lines <= 0:
         return []
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         end = f.tell()
-        block, data = 65536, b""
-        while end > 0 and data.count(b"\n") <= lines:
-            start = max(0, end - block)
+        chunks: list[bytes] = []
+        newlines = got = 0
+        while end > 0 and newlines <= lines and got < max_bytes:
+            start = max(0, end - min(TAIL_BLOCK, max_bytes - got))
             f.seek(start)
-            data = f.read(end - start) + data
+            chunk = f.read(end - start)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+            got += len(chunk)
             end = start
-    return data.decode(errors="replace").splitlines()[-lines:]
+    data = b"".join(reversed(chunks))
+    out = data.decode(errors="replace").splitlines()
+    if end > 0 and out:
+        out = out[1:]           # cut in the middle of a line: drop the fragment
+    return out[-lines:]

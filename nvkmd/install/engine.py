@@ -69,7 +69,10 @@ class Engine:
                  on_critical: Callable[[bool], None] | None = None):
         self.paths = paths
         self.config = config
-        self.cache = ProductCache(paths.products_root, config.build_cache_keep)
+        # The digests live in the state dir: the cache dir may be systemd's
+        # CACHE_DIRECTORY, which an admin may clear and which holds no truth.
+        self.cache = ProductCache(paths.products_root, config.build_cache_keep,
+                                  paths.state_dir / "product-digests")
         # Runs in a worker thread after a successful install and depmod, with
         # the build log's writer; raising NvkmdError fails the build.  By
         # default the initramfs step (install.initramfs), so that no place
@@ -104,8 +107,8 @@ class Engine:
         started = time.monotonic()
         recover(kernel)
         toolchain = kernel.toolchain if kernel.headers else None
-        log = BuildLog(self.paths.log_dir,
-                       kernel.release, self.config.logs_keep)
+        log = BuildLog(self.paths.log_dir, kernel.release, self.config.logs_keep,
+                       max_bytes=self.config.logs_max_mib << 20)
         try:
             log.open({
                 "kernel": kernel.release,
@@ -165,7 +168,10 @@ class Engine:
             raise NvkmdError(ErrorCode.BUILD_FAILED, f"{diagnose.MARK_COMPILER} {', '.join(missing)} "
                              f"not found (the kernel was built with {kernel.toolchain.text or 'gcc'})")
         key = build_key(kernel, source)
-        products = self.cache.lookup(kernel.release, key)
+        products = await asyncio.to_thread(self.cache.lookup, kernel.release, key)
+        if self.cache.rejected:
+            log.write(f"nvkmd: warning: not installing the cached build {self.cache.rejected}; "
+                      "building again")
         from_cache = products is not None
         build_dir = self.paths.build_root / source.version / kernel.release
         if products is not None:
