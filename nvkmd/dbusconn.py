@@ -15,6 +15,14 @@ would then disconnect the daemon, and losing the bus is fatal to it.  With
 ``send`` answering EAGAIN as "0 bytes sent", the writer's own logic waits
 for the socket to become writable and carries on.  (The same bug:
 python-dbus-next issue #153.)
+
+The writer is also where strings are made safe for dbus-fast 1.84 (Debian
+12's python3-dbus-fast): its marshaller writes a string's length in
+characters instead of bytes, so any non-ASCII string (a kernel name a user
+sent, a compiler's quotes in a log line) makes the whole message malformed,
+and the bus drops the connection that sent it: one call from a local user
+would take the daemon off the bus.  Where the marshaller miscounts,
+non-ASCII characters leave as ``\\xe9``-style escapes instead.
 """
 
 from __future__ import annotations
@@ -60,12 +68,53 @@ class _PatientSocket:
         return getattr(self._sock, name)
 
 
+def _marshals_characters() -> bool:
+    """True if this dbus-fast writes "é" with the length 1 (its characters)."""
+    msg = Message(path="/", interface="a.b", member="c", signature="s", body=["\u00e9"])
+    return b"\x01\x00\x00\x00\xc3\xa9\x00" in bytes(msg._marshall(False))
+
+
+MARSHALS_CHARACTERS = _marshals_characters()
+
+
+def ascii_only(value: Any) -> Any:
+    """``value`` with every non-ASCII character of every string escaped."""
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("ascii", "backslashreplace").decode()
+    if isinstance(value, Variant):
+        return Variant(value.signature, ascii_only(value.value))
+    if isinstance(value, list):
+        return [ascii_only(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(ascii_only(v) for v in value)
+    if isinstance(value, dict):
+        return {ascii_only(k): ascii_only(v) for k, v in value.items()}
+    return value
+
+
+def _marshallable(msg: Message) -> Message:
+    body = ascii_only(msg.body)
+    if body == msg.body:
+        return msg
+    return Message(destination=msg.destination, path=msg.path, interface=msg.interface,
+                   member=msg.member, message_type=msg.message_type, flags=msg.flags,
+                   error_name=msg.error_name, reply_serial=msg.reply_serial, sender=msg.sender,
+                   unix_fds=msg.unix_fds, signature=msg.signature, body=body, serial=msg.serial)
+
+
 def patch_writer(bus: Any) -> None:
-    """Make a connected dbus-fast ``MessageBus`` survive a full socket buffer."""
+    """Make a connected dbus-fast ``MessageBus`` survive a full socket
+    buffer, and never send a string its marshaller would get wrong."""
     writer = getattr(bus, "_writer", None)
     sock = getattr(writer, "sock", None)
     if sock is not None and not isinstance(sock, _PatientSocket):
         writer.sock = _PatientSocket(sock)
+    if MARSHALS_CHARACTERS and writer is not None and "buffer_message" not in vars(writer):
+        original = writer.buffer_message
+
+        def buffer_message(msg: Message, future: Any = None) -> None:
+            original(_marshallable(msg), future)
+        writer.buffer_message = buffer_message
 
 
 def unwrap(value: Any) -> Any:
