@@ -139,6 +139,49 @@ class Paths:
     def efivars_dir(self) -> Path:
         return self.at("sys/firmware/efi/efivars")
 
+    # -- boot loaders --------------------------------------------------------
+    @property
+    def grub_default_file(self) -> Path:
+        return self.at("etc/default/grub")
+
+    @property
+    def grub_default_dropins(self) -> Path:
+        """``*.cfg`` here are sourced after /etc/default/grub (Debian, Ubuntu)."""
+        return self.at("etc/default/grub.d")
+
+    @property
+    def grub_dir(self) -> Path:
+        """/boot/grub, or Fedora's /boot/grub2 when only that has a grub.cfg."""
+        for d in (self.boot_dir / "grub", self.boot_dir / "grub2"):
+            if (d / "grub.cfg").is_file():
+                return d
+        return self.boot_dir / "grub"
+
+    @property
+    def grub_cfg(self) -> Path:
+        return self.grub_dir / "grub.cfg"
+
+    @property
+    def grubenv(self) -> Path:
+        return self.grub_dir / "grubenv"
+
+    @property
+    def esp_candidates(self) -> list[Path]:
+        """Where bootctl looks for the EFI System Partition, in its order."""
+        return [self.at("efi"), self.boot_dir, self.at("boot/efi")]
+
+    @property
+    def bls_entries_dirs(self) -> list[Path]:
+        """BLS Type #1 entries: $BOOT (XBOOTLDR, or Fedora's /boot for
+        GRUB's blscfg) and every ESP candidate."""
+        return [self.boot_dir / "loader" / "entries"] + [
+            c / "loader" / "entries" for c in self.esp_candidates if c != self.boot_dir]
+
+    @property
+    def bootguard_state(self) -> Path:
+        """What the boot guard changed, to undo it exactly once."""
+        return self.state_dir / "bootguard.json"
+
     @property
     def library_dirs(self) -> list[Path]:
         return [self.at(p) for p in ("usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu",

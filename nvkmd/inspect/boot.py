@@ -1,19 +1,15 @@
-"""Which installed kernel boots next, where the boot loader's files say.
+"""The boot default as the queue's ordering needs it: one release or None.
 
-GRUB boots its first entry (the newest kernel) unless ``GRUB_DEFAULT`` names
-another one, or is ``saved`` and ``grubenv`` holds a ``saved_entry``;
-systemd-boot reads ``default`` from ``loader.conf`` (a glob over entry
-ids).  When none of that names a kernel the answer is "unknown", and the
-queue falls back to "newest first", which is what GRUB does by default.
-The parsers are pure; ``default_boot_kernel`` reads the files.
+``nextboot`` reads the boot loader; here only its answer is narrowed to "a
+kernel the loader names", because a guess must not reorder the queue.  The
+small pure helpers stay for callers that hold the file texts, not a root.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
-from pathlib import Path
-
+from nvkmd.inspect import grub, sdboot
+from nvkmd.inspect.bls import parse_entry, sort_entries
+from nvkmd.inspect.nextboot import next_boot
 from nvkmd.paths import Paths
 
 
@@ -28,59 +24,35 @@ def parse_grub_default(default_grub: str) -> str:
     """``GRUB_DEFAULT`` from /etc/default/grub (shell syntax), "0" if unset."""
     value = "0"
     for line in default_grub.splitlines():
-        m = re.match(r"""^\s*GRUB_DEFAULT=(["']?)(.*)\1\s*$""", line)
-        if m:
-            value = m.group(2)
+        if line.strip().startswith("GRUB_DEFAULT="):
+            toks = grub._tokens(line.strip()[len("GRUB_DEFAULT="):])
+            value = toks[0] if toks else ""
     return value
 
 
-def parse_grubenv(grubenv: str) -> str:
-    m = re.search(r"^saved_entry=(.*)$", grubenv, re.M)
-    return m.group(1).strip() if m else ""
-
-
 def grub_choice(default_grub: str, grubenv: str, releases: list[str]) -> str | None:
+    """Without a grub.cfg only a default that spells a release names one."""
     value = parse_grub_default(default_grub)
     if value == "saved":
-        value = parse_grubenv(grubenv)
+        env = dict(line.partition("=")[::2] for line in grubenv.splitlines() if "=" in line)
+        value = env.get("saved_entry", "")
     return _mentioned(value, releases)
 
 
 def systemd_boot_choice(loader_conf: str, entries: dict[str, str], releases: list[str]) -> str | None:
     """``entries``: entry file name (without .conf) -> its text."""
-    m = re.search(r"^\s*default\s+(\S+)", loader_conf, re.M)
-    if not m:
+    pattern = next((line.split(None, 1)[1].strip() for line in loader_conf.splitlines()
+                    if line.split(None, 1)[:1] == ["default"] and len(line.split(None, 1)) > 1), None)
+    if not pattern:
         return None
-    pattern = m.group(1).removesuffix(".conf")
-    for name in sorted(entries, reverse=True):
-        if fnmatch.fnmatchcase(name, pattern):
-            return _mentioned(entries[name], releases) or _mentioned(name, releases)
-    return None
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
+    listed = sort_entries([parse_entry(name + ".conf", text) for name, text in entries.items()])
+    hit = sdboot.find(listed, pattern) or sdboot.find(listed, pattern + ".conf")
+    if hit is None:
+        return None
+    return _mentioned(hit.release, releases) or _mentioned(hit.id, releases)
 
 
 def default_boot_kernel(paths: Paths, releases: list[str]) -> str | None:
     """The release the boot loader will start next, or None if not knowable."""
-    for loader in (paths.at("boot/efi/loader"), paths.at("efi/loader"), paths.at("boot/loader")):
-        conf = _read(loader / "loader.conf")
-        if conf:
-            entries = {}
-            try:
-                for e in (loader / "entries").glob("*.conf"):
-                    entries[e.name[:-5]] = _read(e)
-            except OSError:
-                pass
-            choice = systemd_boot_choice(conf, entries, releases)
-            if choice:
-                return choice
-    grub = _read(paths.at("etc/default/grub"))
-    if grub:
-        env = _read(paths.boot_dir / "grub" / "grubenv") or _read(paths.boot_dir / "grub2" / "grubenv")
-        return grub_choice(grub, env, releases)
-    return None
+    choice = next_boot(paths, releases)
+    return choice.kernel if choice.kernel and not choice.guess else None
