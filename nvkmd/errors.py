@@ -37,8 +37,28 @@ class ErrorCode(enum.Enum):
         return cls.INTERNAL
 
 
+# The exit statuses of nvkmd, nvkmctl (wait-ready included) and nvkmd-agent,
+# as `nvkmctl --help` and README document them.
+EXIT_OK = 0
+EXIT_FAILED = 1          # the operation failed (a build, or a kernel that cannot get a module)
+EXIT_USAGE = 2           # argparse's own status for a usage error
+EXIT_UNREACHABLE = 3
+EXIT_DENIED = 4
+EXIT_TIMEOUT = 5         # wait-ready: the build did not finish in time
 # sysexits.h EX_CONFIG: systemd's RestartPreventExitStatus=78 relies on it.
 EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130   # the shell's 128 + SIGINT
+
+
+def exit_status(code: ErrorCode) -> int:
+    """The exit status a command-line front end reports for ``code``."""
+    if code is ErrorCode.UNREACHABLE:
+        return EXIT_UNREACHABLE
+    if code is ErrorCode.ACCESS_DENIED:
+        return EXIT_DENIED
+    if code is ErrorCode.INVALID_ARGUMENT:
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 class NvkmdError(Exception):
@@ -55,3 +75,7 @@ class NvkmdError(Exception):
 
 def invalid(message: str) -> NvkmdError:
     return NvkmdError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def source_invalid(message: str) -> NvkmdError:
+    return NvkmdError(ErrorCode.SOURCE, message)

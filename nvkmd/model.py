@@ -17,6 +17,8 @@ KERNEL_STATES = ("ready", "queued", "building", "failed", "waiting-for-headers",
 ORIGINS = ("nvkmd", "dkms", "distro", "manual", "none")
 # Job lifecycle.
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE_JOB_STATES = JOB_STATES[:2]
+FINISHED_JOB_STATES = JOB_STATES[2:]
 # Daemon state.
 DAEMON_STATES = ("starting", "idle", "waiting-for-lock", "building", "stopping")
 

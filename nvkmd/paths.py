@@ -64,9 +64,25 @@ class Paths:
             cache_dir=cache,
         )
 
+    @classmethod
+    def load(cls, root: str | Path = "/", config_file: str | Path | None = None) -> "tuple[Paths, Config]":
+        """The Paths and Config of a program's start: the configuration file's
+        place needs only the root, the rest of the paths need the configuration."""
+        config = Config.load(cls.build(root, config_file).config_file)
+        return cls.build(root, config_file, config), config
+
     def at(self, path: str) -> Path:
         """A path of the managed system, e.g. ``paths.at("/etc/os-release")``."""
         return under(self.root, path)
+
+    def system_path(self, p: Path) -> str:
+        """``p`` as the managed system spells it (the inverse of ``at``), for
+        the tools that run against that system and for messages to its admin;
+        a path outside the root is returned as it is."""
+        try:
+            return "/" + str(p.relative_to(self.root)) if self.root != Path("/") else str(p)
+        except ValueError:
+            return str(p)
 
     # -- kernels -----------------------------------------------------------
     @property
