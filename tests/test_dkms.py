@@ -17,7 +17,7 @@ from nvkmd.system import source as sources
 from nvkmd.config import Config
 from nvkmd.install.engine import Engine
 from nvkmd.paths import Paths
-from nvkmd.admin.sourcemgmt import init
+from nvkmd.admin.sourceops import init
 from realdkms import FAKE_KERNELS, SYSTEM_MODULES, RealDkms, make_repo
 
 
@@ -178,7 +178,7 @@ def test_origins_nvkmd_dkms_and_none(real_dkms, tmp_path):
 
 
 def test_source_update_moves_dkms_to_the_new_version(real_dkms, tmp_path):
-    from nvkmd.admin.sourcemgmt import update
+    from nvkmd.admin.sourceops import update
     k = need_kernels(1)[0]
     clone = make_repo(tmp_path / "open-gpu-kernel-modules", ("9.9.1", "9.9.2"), checkout="9.9.1")
     config = Config(source_path=str(clone), state_dir=str(tmp_path / "state"),

@@ -17,8 +17,8 @@ from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.system.kernels import list_kernels
 from nvkmd.system.modinfo import modinfo
 from nvkmd.paths import Paths
-from nvkmd.admin.sourcemgmt import (GENERATED_MARK, NVIDIA_TEMPLATE, init, render_dkms_conf, status,
-                              sync, update)
+from nvkmd.admin.dkmsconf import GENERATED_MARK, NVIDIA_TEMPLATE, render_dkms_conf
+from nvkmd.admin.sourceops import init, status, sync, update
 from realdkms import git, make_repo
 
 

@@ -111,7 +111,7 @@ class BenchModule:
     """The source registered with the real DKMS as ``nvkmd-bench/<version>``."""
 
     def __init__(self, source: SourceTree, jobs: int):
-        from nvkmd.admin.sourcemgmt import NVIDIA_TEMPLATE, render_dkms_conf
+        from nvkmd.admin.dkmsconf import NVIDIA_TEMPLATE, render_dkms_conf
         self.version = source.version
         self.spec = ["-m", DKMS_NAME, "-v", self.version]
         self.dir = SRC / f"{DKMS_NAME}-{self.version}"

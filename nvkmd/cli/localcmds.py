@@ -131,27 +131,27 @@ def _finish(queue: DaemonQueue) -> int:
 
 
 def cmd_source(args: argparse.Namespace) -> int:
-    from nvkmd.admin import sourcemgmt
+    from nvkmd.admin import sourceops
     paths, config = _load(args)
     action = args.source_command
     if action == "status":
-        st = sourcemgmt.status(paths, config)
+        st = sourceops.status(paths, config)
         _print(args, ["NVIDIA Source Status", *st.lines()], st.to_dict())
         return 0
     if action == "init":
-        r = sourcemgmt.init(paths, config, Path(args.path), register=True if args.dkms else None,
+        r = sourceops.init(paths, config, Path(args.path), register=True if args.dkms else None,
                             exclude=args.exclude, log=_progress(args))
         _print(args, r.lines(), {"version": r.version, "tree": str(r.tree), "link": str(r.link),
                                  "dkms_conf": r.conf, "registered": r.registered, "notes": r.notes})
         return 0
     queue = DaemonQueue(args, paths, config)
     if action == "update":
-        u = sourcemgmt.update(paths, config, no_build=args.no_build, queue=queue,
+        u = sourceops.update(paths, config, no_build=args.no_build, queue=queue,
                               log=_progress(args))
         _print(args, u.lines(), {"path": str(u.path), "before": u.before, "after": u.after,
                                  "changed": u.changed, "jobs": u.jobs, "notes": u.notes})
     else:
-        s = sourcemgmt.sync(paths, config, queue, args.kernel, args.force)
+        s = sourceops.sync(paths, config, queue, args.kernel, args.force)
         _print(args, s.lines(), {"version": s.version, "jobs": s.jobs})
     return _finish(queue)
 

@@ -53,7 +53,7 @@ from nvkmd.system.source import Source
 
 DKMS_SUBDIR = "updates/dkms"
 # A frozen copy of a version's source that `source update` left for DKMS
-# (see sourcemgmt.update); removed with the registration once unused.
+# (see admin/sourceops.update); removed with the registration once unused.
 RETIRED_MARK = ".nvkmd-retired"
 
 
