@@ -120,7 +120,7 @@ def test_status_imports_only_what_it_needs(served):
     # nothing of the daemon's side, nor the libraries only it needs
     for heavy in ("nvkmd.bus", "nvkmd.daemon.core", "nvkmd.install.engine", "nvkmd.config", "nvkmd.paths",
                   "nvkmd.system.kernels", "nvkmd.system.source", "nvkmd.jobs.store", "nvkmd.watch.watcher", "nvkmd.system.dkms",
-                  "nvkmd.cli.waitready", "structlog", "tenacity", "tomllib", "sqlite3", "pyinotify",
+                  "nvkmd.cli.waitready", "nvkmd.cli.waiter", "structlog", "tenacity", "tomllib", "sqlite3", "pyinotify",
                   "sdnotify", "json"):
         assert heavy not in modules, heavy
 

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from helpers import REPO, need_kernels, run_nvkmd
+from nvkmd.cli.waiter import EXTEND_MARGIN_S, extend_usec, judge, settle
+from nvkmd.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
 from nvkmd.model import JobFinished, JobInfo, KernelStatus, LastBuild
-from nvkmd.cli.waitready import (EXIT_FAILED, EXIT_READY, EXIT_UNREACHABLE, EXTEND_MARGIN_S,
-                              extend_usec, judge, settle)
 
 NVKMCTL = Path(sys.executable).parent / "nvkmctl"
 
@@ -47,7 +47,7 @@ def test_healthy_exits_0_reading_files_only(root, tmp_path, monkeypatch):
     proc = wait_ready(root.path, "--bus", f"unix:path={tmp_path}/no-such-bus", "wait-ready",
                       "--timeout", "5", env={**no_bus(tmp_path), "NVKMD_RUNNING_KERNEL": k},
                       strace=trace)
-    assert proc.returncode == EXIT_READY, proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
     assert proc.stdout == f"nvkmd-ready: {k} has NVIDIA modules 9.9.1 (git source)\n"
     calls = trace.read_text()
     assert "socket(" not in calls and "connect(" not in calls, calls
@@ -65,7 +65,7 @@ def test_kernel_option_and_the_trace_would_show_contact(root, tmp_path):
     root.add_tiny_source()
     assert run_nvkmd("--once", "--root", str(root.path), "--kernel", k1).returncode == 0
     ok = wait_ready(root.path, "wait-ready", "--kernel", k1, env=no_bus(tmp_path))
-    assert ok.returncode == EXIT_READY, ok.stdout + ok.stderr
+    assert ok.returncode == EXIT_OK, ok.stdout + ok.stderr
     trace = tmp_path / "trace"
     proc = wait_ready(root.path, "--bus", f"unix:path={tmp_path}/no-such-bus", "wait-ready",
                       "--kernel", k2, "--timeout", "2", env=no_bus(tmp_path), strace=trace)
@@ -116,7 +116,7 @@ def test_judge():
 
 def test_settle_and_extend():
     k = "6.1.0-9-amd64"
-    assert settle(k, JobFinished(1, k, "success", "", "", "/l"))[0] == EXIT_READY
+    assert settle(k, JobFinished(1, k, "success", "", "", "/l"))[0] == EXIT_OK
     code, line = settle(k, JobFinished(1, k, "failed", "kernel API change: foo", "hint", "/var/log/x.log"))
     assert code == EXIT_FAILED and "kernel API change: foo" in line and "/var/log/x.log" in line
     assert "\n" not in line

@@ -19,7 +19,7 @@ from pathlib import Path
 from daemon_helpers import NotifySocket
 from dbus_helpers import bus, bus_daemon, bus_factory  # noqa: F401  (fixtures)
 from helpers import REPO, need_kernels, wait_for
-from nvkmd.cli.waitready import EXIT_FAILED, EXIT_READY, EXIT_TIMEOUT, EXIT_UNREACHABLE
+from nvkmd.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE
 
 NVKMCTL = Path(sys.executable).parent / "nvkmctl"
 
@@ -76,7 +76,7 @@ def test_missing_module_with_a_queued_job_waits_then_exits_0(root, bus, bus_daem
         assert 0 < int(extend[0]) <= (300 + 30) * 1_000_000
 
         lck.unlink()                       # the "transaction" ends: nvkmd builds
-        assert w.result() == EXIT_READY, w.text()
+        assert w.result() == EXIT_OK, w.text()
         assert f"nvkmd-ready: {k}: NVIDIA modules built and installed" in w.text()
         assert re.search(rf"building NVIDIA modules for {re.escape(k)}: \w+ \d+%", w.text()), w.text()
         assert any(s.startswith(f"building {k}: ") for s in sock.assignments("STATUS"))
@@ -87,7 +87,7 @@ def test_missing_module_with_a_queued_job_waits_then_exits_0(root, bus, bus_daem
     again = subprocess.run([str(NVKMCTL), "--bus", "unix:path=/nonexistent", "--root", str(root.path),
                             "wait-ready"], capture_output=True, text=True, timeout=60,
                            env={**os.environ, "NVKMD_RUNNING_KERNEL": k})
-    assert again.returncode == EXIT_READY, again.stdout + again.stderr
+    assert again.returncode == EXIT_OK, again.stdout + again.stderr
 
 
 def test_failing_build_is_non_zero_with_the_cause_and_log(root, bus, bus_daemon, tmp_path):
@@ -157,5 +157,5 @@ def test_daemon_restart_while_waiting_is_survived(root, bus, bus_daemon, tmp_pat
     w.wait_line(r"nvkmd is not answering .*; waiting for it$")
     daemon.start().wait_on_bus()
     lck.unlink()
-    assert w.result() == EXIT_READY, w.text()
+    assert w.result() == EXIT_OK, w.text()
     assert f"nvkmd-ready: {k}: NVIDIA modules built and installed" in w.text()

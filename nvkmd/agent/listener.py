@@ -32,7 +32,14 @@ from nvkmd.agent.rules import (
 from nvkmd.agent.screen import CLOSED_BY_USER, SHOW_LOG, Screen
 from nvkmd.clients import manager as client
 from nvkmd.errors import NvkmdError
-from nvkmd.model import DaemonStatus, JobFinished, JobProgress, JobQueued, StateChanged
+from nvkmd.model import (
+    ACTIVE_JOB_STATES,
+    DaemonStatus,
+    JobFinished,
+    JobProgress,
+    JobQueued,
+    StateChanged,
+)
 
 log = structlog.get_logger("nvkmd.agent")
 
@@ -172,7 +179,7 @@ class Agent:
         self.daemon_state = st.state or self.daemon_state
         running = {j.kernel: j for j in st.jobs if j.state == "running"}
         for j in st.jobs:
-            if j.state in ("queued", "running"):
+            if j.state in ACTIVE_JOB_STATES:
                 self.versions.setdefault(j.id, j.source_version)
         # A progress notification is ended by its build's JobFinished (or by
         # the daemon going away), never here: the status can be newer than

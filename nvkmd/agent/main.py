@@ -26,7 +26,7 @@ from nvkmd.agent import notifications
 from nvkmd.agent.config import SeenFailures, config_file, load_config, state_file
 from nvkmd.agent.listener import Agent
 from nvkmd.clients import manager as client
-from nvkmd.errors import NvkmdError
+from nvkmd.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, NvkmdError
 
 log = structlog.get_logger("nvkmd.agent")
 
@@ -58,7 +58,7 @@ async def run(args: argparse.Namespace) -> int:
             # Started twice (the user unit and an autostart entry): one is enough.
             log.info("another nvkmd-agent runs in this session; exiting", name=AGENT_NAME)
             desktop.close()
-            return 0
+            return EXIT_OK
         daemon = await client.connect(args.bus)
     except NvkmdError:
         desktop.close()
@@ -73,7 +73,7 @@ async def run(args: argparse.Namespace) -> int:
                asyncio.create_task(daemon.wait_disconnected()): api.describe_bus(args.bus),
                asyncio.create_task(desktop.wait_disconnected()): "the session bus",
                work: "agent"}
-    code = 0
+    code = EXIT_OK
     try:
         done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
@@ -81,14 +81,14 @@ async def run(args: argparse.Namespace) -> int:
                 t.result()          # raises what stopped it
             elif watched[t] != "stop":
                 log.error("lost the connection", bus=watched[t])
-                code = 1
+                code = EXIT_FAILED
     finally:
         for t in watched:
             t.cancel()
         for t in watched:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if code == 0:
+        if code == EXIT_OK:
             with contextlib.suppress(NvkmdError, asyncio.TimeoutError):
                 await asyncio.wait_for(agent.shutdown(), 5)
         daemon.close()
@@ -105,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         api.parse_bus(args.bus)
     except ValueError as e:
         print(f"nvkmd-agent: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         return asyncio.run(run(args))
     except NvkmdError as e:
         print(f"nvkmd-agent: {e.message}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

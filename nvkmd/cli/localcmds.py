@@ -4,16 +4,22 @@ builds through the daemon: ``source status|init|update|sync`` and ``fix``.
 They change files the daemon only reads (a git checkout, ``/usr/src``
 links, DKMS registrations, depmod's index), so they run in nvkmctl
 itself; the builds they ask for go through the daemon's ``Build`` call
-like ``nvkmctl build``.  This module imports only argparse at load time:
-``nvkmctl status`` never pays for git or DKMS code.
+like ``nvkmctl build``.  This module imports only argparse and nvkmctl's
+own light modules at load time: ``nvkmctl status`` never pays for git or
+DKMS code.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from nvkmd.cli.common import client, interactive, out, print_json
+from nvkmd.errors import EXIT_OK, ErrorCode, NvkmdError, exit_status
 
 
 def setup_source(p: argparse.ArgumentParser) -> None:
@@ -49,11 +55,8 @@ def setup_fix(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from nvkmd.config import Config
     from nvkmd.paths import Paths
-    base = Paths.build(args.root, args.config)
-    config = Config.load(base.config_file)
-    return Paths.build(args.root, args.config, config), config
+    return Paths.load(args.root, args.config)
 
 
 RESCAN_WAIT_S = 60
@@ -71,7 +74,6 @@ class DaemonQueue:
         self.error = None
 
     def _expected(self) -> str:
-        from nvkmd.errors import NvkmdError
         from nvkmd.system.source import discover
         try:
             return discover(self.paths, self.config, unpack=False).version if self.paths else ""
@@ -79,10 +81,6 @@ class DaemonQueue:
             return ""
 
     async def _build(self, kernel: str, force: bool) -> list[int]:
-        import time
-
-        from nvkmd.cli.main import client, interactive
-        from nvkmd.errors import ErrorCode, NvkmdError
         expected = self._expected()
         async with await client(self.args) as c:
             await c.rescan(interactive=interactive())
@@ -95,7 +93,6 @@ class DaemonQueue:
             return await c.build(kernel, force, interactive=interactive())
 
     def __call__(self, kernel: str, force: bool) -> list[int]:
-        from nvkmd.errors import NvkmdError
         try:
             return asyncio.run(self._build(kernel, force))
         except NvkmdError as e:
@@ -104,25 +101,20 @@ class DaemonQueue:
 
 
 def _print(args: argparse.Namespace, lines: list[str], data: Any) -> None:
-    from nvkmd.cli.main import _out, print_json
     if args.json:
         print_json(data)
     else:
-        _out("\n".join(lines) + "\n")
+        out("\n".join(lines) + "\n")
 
 
 def _progress(args: argparse.Namespace):
     """Where long-running output (make of the OS-agnostic objects) goes as it
     happens: stdout, or stderr when stdout is JSON."""
-    import sys
     stream = sys.stderr if getattr(args, "json", False) else sys.stdout
     return lambda line: print(line, file=stream, flush=True)
 
 
 def _finish(queue: DaemonQueue) -> int:
-    import sys
-
-    from nvkmd.cli.main import EXIT_OK, exit_status
     if queue.error is None:
         return EXIT_OK
     print(f"nvkmctl: builds not queued: {queue.error} (`nvkmd --once` builds without the daemon)",
@@ -137,13 +129,13 @@ def cmd_source(args: argparse.Namespace) -> int:
     if action == "status":
         st = sourceops.status(paths, config)
         _print(args, ["NVIDIA Source Status", *st.lines()], st.to_dict())
-        return 0
+        return EXIT_OK
     if action == "init":
         r = sourceops.init(paths, config, Path(args.path), register=True if args.dkms else None,
                             exclude=args.exclude, log=_progress(args))
         _print(args, r.lines(), {"version": r.version, "tree": str(r.tree), "link": str(r.link),
                                  "dkms_conf": r.conf, "registered": r.registered, "notes": r.notes})
-        return 0
+        return EXIT_OK
     queue = DaemonQueue(args, paths, config)
     if action == "update":
         u = sourceops.update(paths, config, no_build=args.no_build, queue=queue,
@@ -163,7 +155,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
         steps = fix.plan(paths, config)
         lines = [f"{s.kernel + ': ' if s.kernel else ''}{s.action}: {s.why}" for s in steps]
         _print(args, lines or ["nothing to fix"], [vars(s) for s in steps])
-        return 0
+        return EXIT_OK
     queue = DaemonQueue(args, paths, config)
     local = False
 
@@ -182,4 +174,4 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
     report = fix.run(paths, config, build)
     _print(args, report, {"done": report})
-    return 0
+    return EXIT_OK

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from nvkmd.model import DaemonStatus, DriverInfo, JobInfo, KernelStatus
+from nvkmd.model import (
+    ACTIVE_JOB_STATES,
+    FINISHED_JOB_STATES,
+    DaemonStatus,
+    DriverInfo,
+    JobInfo,
+    KernelStatus,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +110,7 @@ def status_text(s: DaemonStatus, g: Glyphs = UNICODE) -> str:
     if not s.kernels:
         out.append("  (none)")
     out.append("")
-    active = [j for j in s.jobs if j.state in ("queued", "running")]
+    active = [j for j in s.jobs if j.state in ACTIVE_JOB_STATES]
     out.append(f"Jobs ({len(active)}):")
     out.extend(job_line(j) for j in active)
     if not active:
@@ -141,7 +148,7 @@ def jobs_text(js: list[JobInfo]) -> str:
     lines = []
     for j in js:
         line = job_line(j)
-        if j.state in ("succeeded", "failed", "cancelled") and j.log:
+        if j.state in FINISHED_JOB_STATES and j.log:
             line += f" [log: {j.log}]"
         lines.append(line)
     return "\n".join(lines or ["  (no jobs)"]) + "\n"

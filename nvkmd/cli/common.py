@@ -1,0 +1,61 @@
+"""What nvkmctl's commands share: output, the daemon connection, and the
+lines of wait-ready.
+
+Every command module imports this one and nothing imports a command module
+back, so the commands stay leaves.  It is loaded by every run of nvkmctl,
+``nvkmctl status`` included: anything heavier than argparse is imported
+inside the function that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any, Callable
+
+READY_PREFIX = "nvkmd-ready: "
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def print_json(value: Any) -> None:
+    import json
+    out(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def glyphs():
+    from nvkmd.cli.render import glyphs_for
+    return glyphs_for(sys.stdout.encoding)
+
+
+def interactive() -> bool:
+    """May polkit ask for a password?  Only with a person at the terminal."""
+    return sys.stdin.isatty()
+
+
+async def client(args: argparse.Namespace):
+    from nvkmd.clients.manager import connect
+    return await connect(args.bus)
+
+
+def watch_connection(c: Any, lost: Callable[[], None]) -> None:
+    """Call ``lost()`` if the bus connection itself goes away while waiting."""
+    task = asyncio.get_running_loop().create_task(c.wait_disconnected())
+    task.add_done_callback(lambda t: lost())
+    _keep.add(task)
+
+
+_keep: set = set()
+
+
+# wait-ready writes to a boot console and the journal: each line names it.
+def say(line: str) -> None:
+    print(f"{READY_PREFIX}{line}", flush=True)
+
+
+def fail(line: str) -> None:
+    print(f"{READY_PREFIX}{line}", file=sys.stderr, flush=True)

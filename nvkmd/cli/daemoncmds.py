@@ -1,0 +1,268 @@
+"""nvkmctl's commands that ask the daemon: status, kernels, jobs, build,
+cancel, logs, cleanup, rescan.
+
+Each is a ``setup_*`` that adds its options and a ``cmd_*`` coroutine that
+connects, calls, and prints text or JSON; failures are NvkmdError, which
+``main`` turns into one line and an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from typing import Any
+
+from nvkmd.cli.common import client, glyphs, interactive, out, print_json, watch_connection
+from nvkmd.errors import EXIT_FAILED, EXIT_OK, ErrorCode, NvkmdError
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    async with await client(args) as c:
+        s = await c.status()
+    if args.json:
+        print_json(s.to_dict())
+    else:
+        from nvkmd.cli.render import status_text
+        out(status_text(s, glyphs()))
+    return EXIT_OK
+
+
+async def cmd_kernels(args: argparse.Namespace) -> int:
+    async with await client(args) as c:
+        ks = await c.kernels()
+    if args.json:
+        print_json([k.to_dict() for k in ks])
+    else:
+        from nvkmd.cli.render import kernels_text
+        out(kernels_text(ks, glyphs()))
+    return EXIT_OK
+
+
+def setup_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--finished", type=int, default=20, metavar="N",
+                   help="also show the N most recently finished jobs (default 20)")
+
+
+async def cmd_jobs(args: argparse.Namespace) -> int:
+    async with await client(args) as c:
+        js = await c.jobs(args.finished)
+    if args.json:
+        print_json([j.to_dict() for j in js])
+    else:
+        from nvkmd.cli.render import jobs_text
+        out(jobs_text(js))
+    return EXIT_OK
+
+
+def setup_build(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", "--kernel", default="", metavar="K",
+                   help="only this kernel release (default: every kernel that needs it)")
+    p.add_argument("-f", "--force", action="store_true", help="rebuild even if the module is current")
+    p.add_argument("-w", "--wait", action="store_true",
+                   help="wait for the builds to finish, with a progress bar on a terminal")
+
+
+async def cmd_build(args: argparse.Namespace) -> int:
+    from nvkmd.cli.render import finished_text, progress_bar
+    from nvkmd.model import FINISHED_JOB_STATES, JobFinished, JobProgress
+    finished: dict[int, JobFinished] = {}
+    progress: dict[int, JobProgress] = {}
+    changed = asyncio.Event()
+    gone: list[str] = []
+
+    def on_event(e: Any) -> None:
+        if isinstance(e, JobFinished):
+            finished[e.job_id] = e
+        elif isinstance(e, JobProgress):
+            progress[e.job_id] = e
+        changed.set()
+
+    def on_owner(owner: str) -> None:
+        if not owner:
+            gone.append("nvkmd stopped")
+            changed.set()
+
+    async with await client(args) as c:
+        if args.wait:
+            # Subscribe before asking, so no signal of our jobs can be missed.
+            await c.subscribe(on_event)
+            await c.watch_owner(on_owner)
+            watch_connection(c, lambda: on_owner(""))
+        ids = await c.build(args.kernel, args.force, interactive=interactive())
+        if not args.wait:
+            if args.json:
+                print_json({"job_ids": ids})
+            elif ids:
+                out("".join(f"queued job {i}\n" for i in ids))
+            else:
+                out("nothing to build: every module is current\n")
+            return EXIT_OK
+        # A job that ended before we subscribed is in the history.
+        for j in await c.jobs(1000):
+            if j.id in ids and j.id not in finished and j.state in FINISHED_JOB_STATES:
+                finished[j.id] = JobFinished(j.id, j.kernel, j.result or j.state, j.cause, j.hint, j.log)
+        tty = sys.stdout.isatty() and not args.json
+        g = glyphs()
+        shown: set[int] = set()
+        while True:
+            for i in ids:
+                if i in finished and i not in shown:
+                    shown.add(i)
+                    f = finished[i]
+                    if tty:
+                        out("\r\x1b[K")
+                    if not args.json:
+                        out(finished_text(f.kernel, f.result, f.cause, f.hint, f.log))
+            if len(shown) == len(ids):
+                break
+            if gone:
+                raise NvkmdError(ErrorCode.UNREACHABLE, "nvkmd stopped before the build finished")
+            running = [progress[i] for i in ids if i in progress and i not in finished]
+            if tty and running:
+                p = running[-1]
+                out("\r\x1b[K" + progress_bar(p.kernel, p.phase, p.percent, g))
+            changed.clear()
+            await changed.wait()
+    results = [finished[i] for i in ids]
+    if args.json:
+        print_json([dataclasses.asdict(f) for f in results])
+    if not ids and not args.json:
+        out("nothing to build: every module is current\n")
+    return EXIT_OK if all(f.result in ("success", "up-to-date") for f in results) else EXIT_FAILED
+
+
+def setup_cancel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", type=int, help="the job id (see `nvkmctl jobs`)")
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    async with await client(args) as c:
+        await c.cancel(args.id, interactive=interactive())
+    if args.json:
+        print_json({"cancelled": args.id})
+    else:
+        out(f"cancelled job {args.id}\n")
+    return EXIT_OK
+
+
+def setup_logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", "--kernel", default="", metavar="K", help="the latest log of this kernel")
+    p.add_argument("-j", "--job", type=int, default=0, metavar="ID", help="the log of this job")
+    p.add_argument("-t", "--tail", type=int, default=50, metavar="N",
+                   help="show the last N lines (default 50)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing the log as it grows, until its build ends")
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    if args.tail < 0:
+        raise NvkmdError(ErrorCode.INVALID_ARGUMENT, f"--tail must not be negative: {args.tail}")
+    async with await client(args) as c:
+        if not args.follow:
+            path, lines = await c.get_log(args.job, args.kernel, args.tail)
+            if args.json:
+                print_json({"path": path, "lines": lines})
+            else:
+                print(f"==> {path} <==", file=sys.stderr)
+                out("".join(line + "\n" for line in lines))
+            return EXIT_OK
+        from nvkmd.model import JobFinished
+        ended = asyncio.Event()
+        path = ""
+
+        def on_event(e: Any) -> None:
+            if isinstance(e, JobFinished) and e.log and e.log == path:
+                ended.set()
+
+        def on_owner(owner: str) -> None:
+            if not owner:
+                ended.set()
+        await c.subscribe(on_event)
+        await c.watch_owner(on_owner)
+        watch_connection(c, lambda: on_owner(""))
+        path, _ = await c.get_log(args.job, args.kernel, 0)
+        return await _follow(path, args.tail, ended, args.json)
+
+
+async def _follow(path: str, tail: int, ended: asyncio.Event, as_json: bool) -> int:
+    """Print the last ``tail`` lines of ``path``, then what is appended,
+    until the build writing it ends (its "# result:" trailer, or the
+    daemon's JobFinished for this log)."""
+    import json
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise NvkmdError(ErrorCode.ACCESS_DENIED if isinstance(e, PermissionError) else
+                         ErrorCode.NO_SUCH_KERNEL, f"cannot read the log {path}: {e.strerror}") from None
+    with f:
+        if not as_json:
+            print(f"==> {path} <==", file=sys.stderr)
+        data = f.read()
+        lines = data.decode(errors="replace").splitlines(keepends=True)
+        pending = ""
+        if lines and not lines[-1].endswith("\n"):
+            pending = lines.pop()
+        done = False
+
+        def emit(line: str) -> None:
+            nonlocal done
+            out(json.dumps({"line": line.rstrip("\n")}) + "\n" if as_json else line)
+            if line.startswith("# result: "):
+                done = True
+        for line in lines[-tail:] if tail else []:
+            emit(line)
+        done = done or any(line.startswith("# result: ") for line in lines)
+        while not done:
+            chunk = f.read()
+            if chunk:
+                text = pending + chunk.decode(errors="replace")
+                *complete, pending = text.split("\n")
+                for line in complete:
+                    emit(line + "\n")
+                continue
+            if ended.is_set():
+                break
+            try:
+                # Poll the file: nvkmctl has no inotify (the daemon's
+                # watcher owns that), and a quarter second is prompt enough.
+                await asyncio.wait_for(ended.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+        rest = f.read()
+        if rest or pending:
+            for line in (pending + rest.decode(errors="replace")).splitlines(keepends=True):
+                emit(line if line.endswith("\n") else line + "\n")
+    return EXIT_OK
+
+
+def setup_cleanup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", type=int, default=2, metavar="N",
+                   help="keep the N most recent kernels, plus the running one (default 2)")
+    p.add_argument("--execute", action="store_true",
+                   help="really remove; without it, only show what would be removed")
+
+
+async def cmd_cleanup(args: argparse.Namespace) -> int:
+    if args.keep < 0:
+        raise NvkmdError(ErrorCode.INVALID_ARGUMENT, f"--keep must not be negative: {args.keep}")
+    async with await client(args) as c:
+        paths = await c.cleanup(args.keep, args.execute, interactive=interactive())
+    if args.json:
+        print_json({"executed": args.execute, "keep": args.keep, "paths": paths})
+    else:
+        from nvkmd.cli.render import cleanup_text
+        out(cleanup_text(paths, args.keep, args.execute, glyphs()))
+    return EXIT_OK
+
+
+async def cmd_rescan(args: argparse.Namespace) -> int:
+    async with await client(args) as c:
+        await c.rescan(interactive=interactive())
+    if args.json:
+        print_json({"rescanned": True})
+    else:
+        out("rescan done\n")
+    return EXIT_OK
+
