@@ -32,6 +32,11 @@ MAX_LOCK_WAIT_S = 7 * 86400
 MAX_CONFIG_BYTES = 1 << 20
 # What nvkmd does when the kernel that boots next has no ready module.
 BOOT_GUARDS = ("off", "warn", "pin")
+# When nvkmd test-builds the driver for kernels the package manager would
+# install next: "auto" on apt/pacman list changes, at start and on a timer;
+# "manual" only when asked; "off" never.
+PREFLIGHT_MODES = ("auto", "manual", "off")
+MAX_PREFLIGHT_INTERVAL_S = 30 * 86400
 
 
 class ConfigError(NvkmdError):
@@ -112,6 +117,10 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[Any], str | None]]] = {
     ("daemon", "debounce_s"): (2.0, _number_in(0, MAX_DEBOUNCE_S)),
     ("daemon", "lock_wait_max_s"): (3600, _number_in(0, MAX_LOCK_WAIT_S)),
     ("boot", "guard"): ("warn", _one_of(*BOOT_GUARDS)),
+    ("preflight", "mode"): ("auto", _one_of(*PREFLIGHT_MODES)),
+    ("preflight", "hold"): (False, _bool),
+    ("preflight", "interval_s"): (21600, _number_in(0, MAX_PREFLIGHT_INTERVAL_S)),
+    ("preflight", "apt_config"): ("", _abs_path_or("")),
 }
 
 
@@ -133,6 +142,10 @@ class Config:
     daemon_debounce_s: float = 2.0
     daemon_lock_wait_max_s: float = 3600
     boot_guard: str = "warn"
+    preflight_mode: str = "auto"
+    preflight_hold: bool = False
+    preflight_interval_s: float = 21600
+    preflight_apt_config: str = ""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "Config":
