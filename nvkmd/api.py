@@ -13,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 
 from nvkmd.errors import ErrorCode
+# The bounds on arguments belong to the contract too; they are defined, and
+# checked, in nvkmd.limits.
+from nvkmd.limits import MAX_FINISHED_JOBS, MAX_KEEP, MAX_LOG_LINES  # noqa: F401
 
 # Reverse-DNS names.  The API is versioned by the interface's suffix: an
 # incompatible change gets Manager2 beside Manager1, never an edit of it.
@@ -27,11 +30,6 @@ ACTION_CANCEL = "io.github.nvkmd.cancel"
 ACTION_CLEANUP = "io.github.nvkmd.cleanup"
 ACTION_RESCAN = "io.github.nvkmd.rescan"
 
-# Bounds on arguments: anything above is InvalidArgument, so a caller cannot
-# make the daemon read or build an answer of unbounded size.
-MAX_LOG_LINES = 100_000
-MAX_FINISHED_JOBS = 1_000
-MAX_KEEP = 10_000
 
 # Standard D-Bus errors a client can meet on the way, and what they mean to us.
 _FOREIGN_ERRORS = {

@@ -107,7 +107,7 @@ def test_build_events_states_requests_and_cancel(root):
             assert core.get_log(0, k, 5) == (path, lines)
             # Not retried by itself...
             core.rescan()
-            await until(lambda: core._settled.is_set() and not core.debouncer.pending, what="rescan")
+            await until(lambda: core.intake.settled.is_set() and not core.intake.debouncer.pending, what="rescan")
             assert len(core.jobs(10)) == 1
             # ...but on request it is.
             [again] = core.build(k, False)

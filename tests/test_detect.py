@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nvkmd.inspect.boot import grub_choice, parse_grub_default, systemd_boot_choice
-from nvkmd.daemon.core import kernel_state
+from nvkmd.daemon.requests import kernel_state
 from nvkmd.detect.diff import Change, diff
 from nvkmd.detect.plan import ActiveJob, PastJob, plan
 from nvkmd.detect.snapshot import KernelScan, Snapshot, SourceScan

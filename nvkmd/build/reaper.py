@@ -8,19 +8,24 @@ import signal
 import time
 from pathlib import Path
 
+import structlog
 
-def reap_orphan_builds(build_root: Path) -> list[int]:
+log = structlog.get_logger()
+
+
+def reap_orphan_builds(build_root: Path, proc: Path) -> list[int]:
     """Kill what a killed predecessor left building; returns the process groups.
 
     make runs in its own session, so a daemon killed with SIGKILL (outside
     systemd, which would kill the whole cgroup) leaves it running, writing
     into the build tree the next attempt is about to replace.  Anything whose
     working directory is inside nvkmd's private build root is such a leftover.
+    ``proc`` is the process table (``Paths.proc``).
     """
     root = str(build_root.resolve()) + "/"
     own = os.getpgrp()
     groups: set[int] = set()
-    for entry in Path("/proc").iterdir():
+    for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:

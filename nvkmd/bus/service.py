@@ -18,7 +18,7 @@ import structlog
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from nvkmd import __version__, api
+from nvkmd import __version__, api, limits
 from nvkmd.bus import introspect, wire
 from nvkmd.bus.auth import Authorizer
 from nvkmd.bus.throttle import PropertyState, Throttle
@@ -31,7 +31,6 @@ from nvkmd.model import (
     JobQueued,
     StateChanged,
 )
-from nvkmd.system.kernels import check_release
 
 log = structlog.get_logger("nvkmd.bus")
 
@@ -40,27 +39,22 @@ INTROSPECTABLE_IFACE = "org.freedesktop.DBus.Introspectable"
 _DBUS_ERR = "org.freedesktop.DBus.Error."
 
 
-def _kernel_arg(kernel: str) -> str:
-    # "" means "every kernel" (Build) or "any kernel" (GetLog); anything else
-    # must be a release, so it can never name a path outside the modules dir.
-    return kernel if kernel == "" else check_release(kernel)
-
-
 def validate(method: str, args: list[Any]) -> list[Any]:
-    """Check a call's arguments before the core sees them.  The signature
-    is already right; this checks values.  Raises InvalidArgument."""
-    if method == "ListJobs" and args[0] > api.MAX_FINISHED_JOBS:
-        raise invalid(f"finished must be at most {api.MAX_FINISHED_JOBS}, not {args[0]}")
-    if method == "Build":
-        _kernel_arg(args[0])
-    if method == "Cancel" and args[0] == 0:
-        raise invalid("job id 0 is never a job")
-    if method == "Cleanup" and args[0] > api.MAX_KEEP:
-        raise invalid(f"keep must be at most {api.MAX_KEEP}, not {args[0]}")
-    if method == "GetLog":
-        _kernel_arg(args[1])
-        if args[2] > api.MAX_LOG_LINES:
-            raise invalid(f"lines must be at most {api.MAX_LOG_LINES}, not {args[2]}")
+    """Check a call's arguments before polkit is asked and the core sees
+    them, with the core's own checks (``nvkmd.limits``): the signature is
+    already right, this checks values.  Raises InvalidArgument."""
+    if method == "ListJobs":
+        limits.finished_arg(args[0])
+    elif method == "Build":
+        limits.kernel_arg(args[0])
+    elif method == "Cancel":
+        limits.job_id_arg(args[0])
+    elif method == "Cleanup":
+        limits.keep_arg(args[0])
+    elif method == "GetLog":
+        limits.job_id_arg(args[0], zero_ok=True)
+        limits.kernel_arg(args[1])
+        limits.lines_arg(args[2])
     return args
 
 

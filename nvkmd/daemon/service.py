@@ -22,7 +22,7 @@ import structlog
 from nvkmd import __version__
 from nvkmd.config import Config, ConfigError
 from nvkmd.daemon.core import Core
-from nvkmd.daemon.sdnotifier import Notifier, watchdog_interval
+from nvkmd.daemon.sdnotifier import Notifier, status_line, watchdog_interval
 from nvkmd.paths import Paths
 
 log = structlog.get_logger()
@@ -73,7 +73,7 @@ class Daemon:
     def _on_event(self, event) -> None:
         # Every event can change the line (counts, phase, percent); the
         # notifier sends it only when it differs from the last one.
-        self.notifier.status(self.core.status_line())
+        self.notifier.status(status_line(**self.core.summary()))
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -85,8 +85,8 @@ class Daemon:
                  bus=self.args.bus)
 
         from nvkmd.watch.watcher import Watcher  # the one place pyinotify is loaded
-        watcher = Watcher(loop, self.core.on_watch_event)
-        self.core.watcher = watcher
+        watcher = Watcher(loop, self.core.intake.on_watch_event)
+        self.core.intake.watcher = watcher
         tasks: list[asyncio.Task] = []
         inhibitor = None
         stopper = asyncio.create_task(self.stop_requested.wait())
@@ -112,7 +112,7 @@ class Daemon:
                     await asyncio.wait([bus, waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                 if bus is None or serving.is_set():
-                    line = self.core.status_line()
+                    line = status_line(**self.core.summary())
                     self.notifier.ready(line)
                     log.info("ready", status=line)
                     inhibitor = await self._start_inhibitor()

@@ -24,7 +24,6 @@ unless ``execute`` is true.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -36,9 +35,7 @@ from nvkmd.install.modules import depmod
 from nvkmd.paths import Paths
 from nvkmd.system import dkms
 from nvkmd.system.kernels import (
-    NVKMD_SUBDIR,
     Kernel,
-    is_leftover,
     list_kernels,
     release_key,
 )
@@ -226,34 +223,11 @@ def _tidy_gone(kdir: Path) -> None:
             pass
 
 
-def _remove_leftover_kernel_dir(kdir: Path) -> None:
-    """Once nvkmd's modules are gone from a removed kernel's directory, the
-    depmod files beside them are ours too; the directory goes if empty."""
-    if not is_leftover(kdir):
-        return
-    for f in kdir.glob("modules.*"):
-        with contextlib.suppress(OSError):
-            f.unlink()
-    for d in (kdir / "updates", kdir):
-        with contextlib.suppress(OSError):
-            d.rmdir()
-
-
-def cleanup_plan(paths: Paths, installed: set[str], logs_keep: int, busy: str | None) -> list[Path]:
+def logs_and_cache(paths: Paths, installed: set[str], logs_keep: int, busy: str | None) -> list[Path]:
     """What ``cleanup`` removes besides modules: build logs beyond
-    ``logs_keep`` (the configured logs.keep) per kernel, all the logs and
-    cached builds of kernels that are gone; and nvkmd's modules left in the
-    directories of kernels that are gone (Core.cleanup leaves those to cleanup.py)."""
+    ``logs_keep`` (the configured logs.keep) per kernel, and all the logs and
+    cached builds of kernels that are gone (not in ``installed``)."""
     out: list[Path] = []
-    for d in paths.modules_dirs:
-        try:
-            entries = sorted(d.iterdir())
-        except OSError:
-            continue
-        for e in entries:
-            mine = e / NVKMD_SUBDIR
-            if e.name not in installed and e.name != busy and mine.is_dir() and not e.is_symlink():
-                out.append(mine)
     try:
         kernels = sorted(p for p in paths.log_dir.iterdir() if p.is_dir() and not p.is_symlink())
     except OSError:

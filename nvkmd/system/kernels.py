@@ -10,22 +10,11 @@ from functools import cached_property
 from pathlib import Path
 
 from nvkmd.errors import ErrorCode, NvkmdError
+from nvkmd.limits import RELEASE_RE, check_release
 from nvkmd.paths import Paths
 from nvkmd.system.modinfo import MODULE_SUFFIXES, modinfo, module_name
 
-# A kernel release is a directory name, so it is also a path component in
-# everything nvkmd writes: keep it to what real releases use.
-RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}\Z")  # \Z: "$" would accept a final newline
-
 NVKMD_SUBDIR = "updates/nvkmd"
-
-
-def check_release(release: object) -> str:
-    """``release`` if it is a plausible kernel release, else InvalidArgument."""
-    if not isinstance(release, str) or not RELEASE_RE.match(release) or ".." in release:
-        shown = repr(release)[:80]
-        raise NvkmdError(ErrorCode.INVALID_ARGUMENT, f"not a kernel release: {shown}")
-    return release
 
 
 def release_key(release: str) -> tuple:
