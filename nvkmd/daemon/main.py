@@ -30,9 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace) -> tuple[Paths, Config]:
-    base = Paths.build(args.root, args.config)
-    config = Config.load(base.config_file, required=bool(args.config))
-    paths = Paths.build(args.root, args.config, config)
+    paths, config = Paths.load(args.root, args.config, required=bool(args.config))
     # Before anything is read from or written to them: nvkmd installs what
     # it finds in the cache and trusts its queue (trust.py).
     trust.check_dirs(paths)
