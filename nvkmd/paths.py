@@ -18,6 +18,17 @@ from nvkmd.config import Config
 DEFAULT_CONFIG = "etc/nvkmd/nvkmd.toml"
 RUNNING_KERNEL_ENV = "NVKMD_RUNNING_KERNEL"
 
+# Paths as this machine itself spells them, never under the root:
+# The process table.  The processes are this machine's whatever --root says
+# (a build nvkmd started under a test root runs here too).
+PROC = Path("/proc")
+# Where package file lists (dpkg's *.list, rpm -qf) record kernel files; on
+# merged-/usr systems a list may spell either side of the USR link.
+PACKAGED_MODULES_DIR = "/lib/modules"
+USR = "/usr"
+# The PATH children run with when we were started without one.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 
 def under(root: Path, path: str) -> Path:
     """``path`` (absolute, as the configuration spells it) inside ``root``."""
@@ -204,6 +215,47 @@ class Paths:
     def library_dirs(self) -> list[Path]:
         return [self.at(p) for p in ("usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu",
                                       "usr/lib64", "usr/lib")]
+
+    @property
+    def mok_variables_dir(self) -> Path:
+        """shim's copies of its MOK variables, where efivarfs lacks them."""
+        return self.at("sys/firmware/efi/mok-variables")
+
+    @property
+    def proc(self) -> Path:
+        """The process table: the real one even under --root (see ``PROC``)."""
+        return PROC
+
+    # -- initramfs generators' configuration ----------------------------------
+    @property
+    def initramfs_tools_modules(self) -> Path:
+        return self.at("etc/initramfs-tools/modules")
+
+    @property
+    def initramfs_tools_modules_dirs(self) -> list[Path]:
+        return [self.at("usr/share/initramfs-tools/modules.d"), self.at("etc/initramfs-tools/modules.d")]
+
+    @property
+    def mkinitcpio_conf(self) -> Path:
+        return self.at("etc/mkinitcpio.conf")
+
+    @property
+    def mkinitcpio_conf_dirs(self) -> list[Path]:
+        return [self.at("etc/mkinitcpio.conf.d")]
+
+    @property
+    def dracut_conf(self) -> Path:
+        return self.at("etc/dracut.conf")
+
+    @property
+    def dracut_conf_dir(self) -> Path:
+        """The admin's drop-ins (dracut --confdir)."""
+        return self.at("etc/dracut.conf.d")
+
+    @property
+    def dracut_conf_dirs(self) -> list[Path]:
+        """Every drop-in directory dracut reads, the distribution's first."""
+        return [self.at("usr/lib/dracut/dracut.conf.d"), self.dracut_conf_dir]
 
     # -- nvkmd's own files ---------------------------------------------------
     @property
