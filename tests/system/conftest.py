@@ -87,8 +87,11 @@ def nvkmd_deb(debs_dir) -> Path:
 @pytest.fixture(scope="session")
 def next_deb(debs_dir, nvkmd_deb) -> Path:
     """The same tree with a higher version: what an upgrade installs."""
+    given = os.environ.get("NVKMD_DEB_NEXT", "")
+    if given:
+        return Path(given).resolve()
     try:
-        deb = sysdeb.build(debs_dir / "next", suffix="+systest1")
+        deb = sysdeb.build(debs_dir / "next", version=sysdeb.deb_version(nvkmd_deb) + "+systest1")
     except sysdeb.DebError as e:
         pytest.fail(f"cannot build the next .deb: {e}")
     assert sysdeb.deb_version(deb) != sysdeb.deb_version(nvkmd_deb)
