@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from nvkmd.paths import DEFAULT_PATH
+
 # NOTIFY_SOCKET: a child must never speak for the daemon to systemd.
 # MAKEFLAGS & co.: a make we were started from must not steer our builds.
 _DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "MAKEFLAGS", "MFLAGS", "MAKELEVEL",
@@ -13,6 +15,6 @@ _DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "MAKEFLAGS", "MFLAGS"
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROP}
     env["LC_ALL"] = "C"
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.setdefault("PATH", DEFAULT_PATH)
     env.update(extra)
     return env

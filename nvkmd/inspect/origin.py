@@ -21,7 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nvkmd.paths import Paths
+from nvkmd.paths import USR, Paths
 from nvkmd.procenv import child_env
 from nvkmd.system import dkms
 from nvkmd.system.installed import MANIFEST
@@ -68,10 +68,6 @@ def _modules_in(d: Path) -> list[Path]:
         return []
 
 
-def _system_path(paths: Paths, p: Path) -> str:
-    return "/" + str(p.relative_to(paths.root)) if paths.root != Path("/") else str(p)
-
-
 def package_owner(paths: Paths, path: Path) -> str:
     """The package that owns ``path`` according to dpkg, pacman or rpm, or ""."""
     try:
@@ -84,9 +80,9 @@ def package_owner(paths: Paths, path: Path) -> str:
 
 
 def _ask_owner(paths: Paths, path: Path) -> str:
-    sys_path = _system_path(paths, path)
+    sys_path = paths.system_path(path)
     # dpkg's file lists may spell either side of the merged-/usr link.
-    alt = sys_path.removeprefix("/usr") if sys_path.startswith("/usr/") else "/usr" + sys_path
+    alt = sys_path.removeprefix(USR) if sys_path.startswith(USR + "/") else USR + sys_path
     if (paths.dpkg_dir / "status").is_file() and shutil.which("dpkg-query"):
         for p in (sys_path, alt):
             out = _run(["dpkg-query", f"--admindir={paths.dpkg_dir}", "-S", p])
@@ -101,7 +97,7 @@ def _ask_owner(paths: Paths, path: Path) -> str:
         for db in paths.rpm_dirs:
             if db.is_dir():
                 out = _run(["rpm", "--root", str(paths.root), "--dbpath",
-                            _system_path(paths, db), "-qf", "--qf", "%{NAME}\n", sys_path])
+                            paths.system_path(db), "-qf", "--qf", "%{NAME}\n", sys_path])
                 if out and "not owned" not in out:
                     return out.split()[0]
     return ""

@@ -137,7 +137,7 @@ def mok_list(paths: Paths) -> tuple[list[bytes], list[bytes]] | None:
     for i in ("", *map(str, range(1, 10))):      # MokListRT, MokListRT1, ... for big lists
         data = _efivar(paths, f"MokListRT{i}", SHIM_LOCK_GUID)
         if data is None:
-            p = paths.at("sys/firmware/efi/mok-variables") / f"MokListRT{i}"
+            p = paths.mok_variables_dir / f"MokListRT{i}"
             try:
                 data = p.read_bytes()
             except OSError:

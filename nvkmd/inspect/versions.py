@@ -161,7 +161,7 @@ def userspace_from_packages(paths: Paths) -> tuple[str, str]:
         for db in paths.rpm_dirs:
             if not db.is_dir():
                 continue
-            dbpath = "/" + str(db.relative_to(paths.root)) if paths.root != Path("/") else str(db)
+            dbpath = paths.system_path(db)
             out = _run(["rpm", "--root", str(paths.root), "--dbpath", dbpath, "-q",
                         "--qf", "%{VERSION}\\n", *RPM_PACKAGES])
             for line in out.splitlines():

@@ -144,19 +144,17 @@ def image_for(paths: Paths, tool: str, kernel: Kernel) -> Path | None:
 
 
 def config_files(paths: Paths, tool: str) -> list[Path]:
-    def conf_d(*dirs: str) -> list[Path]:
-        return [f for d in dirs for f in sorted(paths.at(d).glob("*.conf"))
-                if paths.at(d).is_dir()]
+    def conf_d(dirs: list[Path]) -> list[Path]:
+        return [f for d in dirs for f in sorted(d.glob("*.conf")) if d.is_dir()]
     if tool == "update-initramfs":
-        found = [paths.at("etc/initramfs-tools/modules")]
-        for d in ("usr/share/initramfs-tools/modules.d", "etc/initramfs-tools/modules.d"):
-            if paths.at(d).is_dir():
-                found += sorted(p for p in paths.at(d).iterdir() if p.is_file())
+        found = [paths.initramfs_tools_modules]
+        for d in paths.initramfs_tools_modules_dirs:
+            if d.is_dir():
+                found += sorted(p for p in d.iterdir() if p.is_file())
         return found
     if tool == "mkinitcpio":
-        return [paths.at("etc/mkinitcpio.conf"), *conf_d("etc/mkinitcpio.conf.d")]
-    return [paths.at("etc/dracut.conf"),
-            *conf_d("usr/lib/dracut/dracut.conf.d", "etc/dracut.conf.d")]
+        return [paths.mkinitcpio_conf, *conf_d(paths.mkinitcpio_conf_dirs)]
+    return [paths.dracut_conf, *conf_d(paths.dracut_conf_dirs)]
 
 
 def _read(path: Path) -> str:
@@ -177,8 +175,8 @@ def command_for(paths: Paths, tool: str, kernel: Kernel, image: Path) -> list[st
     if tool == "dracut":
         cmd = ["dracut", "--force"]
         if not system:
-            cmd += ["--kmoddir", str(kernel.dir), "--conf", str(paths.at("etc/dracut.conf")),
-                    "--confdir", str(paths.at("etc/dracut.conf.d"))]
+            cmd += ["--kmoddir", str(kernel.dir), "--conf", str(paths.dracut_conf),
+                    "--confdir", str(paths.dracut_conf_dir)]
         return cmd + [str(image), k]
     if not system:
         raise NvkmdError(ErrorCode.NOT_SUPPORTED, f"{MARK} {tool} cannot regenerate an "

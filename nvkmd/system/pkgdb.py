@@ -33,7 +33,7 @@ import structlog
 import tenacity
 
 from nvkmd.errors import ErrorCode, NvkmdError
-from nvkmd.paths import Paths
+from nvkmd.paths import PACKAGED_MODULES_DIR, USR, Paths
 from nvkmd.procenv import child_env
 
 log = structlog.get_logger()
@@ -163,9 +163,9 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _module_paths(release: str, leaf: str) -> set[str]:
-    """How a package's file list spells ``<modules>/<release>/<leaf>``."""
-    return {f"/lib/modules/{release}/{leaf}", f"/usr/lib/modules/{release}/{leaf}"}
+def _packaged(release: str, leaf: str) -> str:
+    """``<modules>/<release>/<leaf>`` as the owner maps below key it (without /usr)."""
+    return f"{PACKAGED_MODULES_DIR}/{release}/{leaf}"
 
 
 class _Cache:
@@ -210,7 +210,7 @@ def dpkg_owners(paths: Paths) -> dict[str, str]:
             return [line for line in _read(lst).splitlines() if want.match(line)]
         pkg = lst.name[:-len(".list")].split(":")[0]   # drop a multiarch qualifier
         for line in _cache.get(("dpkg", str(lst), _mtime(lst)), compute):   # type: ignore[union-attr]
-            owners[line.removeprefix("/usr")] = pkg
+            owners[line.removeprefix(USR)] = pkg
     return owners
 
 
@@ -236,7 +236,7 @@ def pacman_owners(paths: Paths) -> dict[str, str]:
 
 def rpm_owner(paths: Paths, db: Path, path: str) -> str:
     """``rpm -qf`` in a subprocess: the package owning ``path``, "" if none."""
-    dbpath = "/" + str(db.relative_to(paths.root)) if paths.root != Path("/") else str(db)
+    dbpath = paths.system_path(db)
     try:
         proc = subprocess.run(["rpm", "--root", str(paths.root), "--dbpath", dbpath, "-qf",
                                "--qf", "%{NAME}\n", path], capture_output=True, text=True,
@@ -266,8 +266,8 @@ def headers_packages(paths: Paths, releases: list[str]) -> dict[str, str]:
         for r in releases:
             if r in out:
                 continue
-            pkg = owners.get(f"/lib/modules/{r}/build")
-            image = owners.get(f"/lib/modules/{r}/modules.order")
+            pkg = owners.get(_packaged(r, "build"))
+            image = owners.get(_packaged(r, "modules.order"))
             name = pkg or (image and _headers_name_from_image(manager, image, r))
             if name:
                 out[r] = name
@@ -278,10 +278,10 @@ def headers_packages(paths: Paths, releases: list[str]) -> dict[str, str]:
             if r in out:
                 continue
             def compute(r: str = r, db: Path = db) -> str:
-                pkg = rpm_owner(paths, db, f"/lib/modules/{r}/build")
+                pkg = rpm_owner(paths, db, _packaged(r, "build"))
                 if pkg:
                     return pkg
-                image = rpm_owner(paths, db, f"/lib/modules/{r}/modules.order")
+                image = rpm_owner(paths, db, _packaged(r, "modules.order"))
                 return _headers_name_from_image("rpm", image, r) if image else ""
             name = _cache.get(("rpm", str(db), stamp, r), compute)
             if name:
