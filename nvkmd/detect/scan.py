@@ -84,13 +84,15 @@ def scan_source(paths: Paths, config: Config) -> tuple[SourceScan, Source | None
 
 def scan(paths: Paths, config: Config) -> Snapshot:
     """Look at everything once (in a worker thread: it reads many files)."""
-    from nvkmd.inspect.boot import default_boot_kernel
+    from nvkmd.inspect.nextboot import next_boot
     src_scan, src = scan_source(paths, config)
     releases = installed_releases(paths)
     packages = pkgdb.headers_packages(paths, releases)
     reg = dkms.choose(config.build_backend, paths, src).registration if src else None
     kernels = {r: _kernel_scan(paths, r, src, packages.get(r, ""), reg) for r in releases}
-    return Snapshot(kernels, src_scan, src, default_boot_kernel(paths, releases), time.time())
+    nb = next_boot(paths, releases)
+    return Snapshot(kernels, src_scan, src, nb.kernel if nb.kernel and not nb.guess else None,
+                    time.time(), nb)
 
 
 def watch_spec(paths: Paths, config: Config, snap: Snapshot | None) -> dict[Path, tuple[str, bool]]:
@@ -128,4 +130,11 @@ def watch_spec(paths: Paths, config: Config, snap: Snapshot | None) -> dict[Path
             spec.setdefault(t, ("source", True))
         if t.parent.is_dir():
             spec.setdefault(t.parent, ("src", False))
+    # What the boot loader starts next: grubenv, grub.cfg, /etc/default/grub,
+    # loader.conf and the BLS entries (EFI variables cannot be watched).
+    boot = [paths.grub_dir, paths.grub_default_file.parent, paths.grub_default_dropins,
+            *paths.bls_entries_dirs, *(c / "loader" for c in paths.esp_candidates)]
+    for d in boot:
+        if d.is_dir() and not d.is_symlink():
+            spec.setdefault(d, ("boot", False))
     return spec

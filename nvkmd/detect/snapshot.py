@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from nvkmd.inspect.nextboot import NextBootChoice
 from nvkmd.system.kernels import release_key
 from nvkmd.system.source import Source
 
@@ -35,6 +36,9 @@ class Snapshot:
     source_obj: Source | None = dataclasses.field(default=None, compare=False)
     boot_kernel: str | None = None
     taken_at: float = 0.0
+    # What the boot loader starts next (boot_kernel is its kernel when the
+    # loader named one, for the queue's order).
+    next_boot: NextBootChoice | None = None
 
     def releases(self) -> list[str]:
         return sorted(self.kernels, key=release_key, reverse=True)

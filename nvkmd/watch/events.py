@@ -55,4 +55,8 @@ def relevant(ev: WatchEvent) -> bool:
         return True
     if ev.tag in ("src", "source"):
         return not ev.name.startswith(".#")      # editors' lock files
+    if ev.tag == "boot":
+        # a finished write or rename of a file the boot loader reads
+        return bool(ev.flags & {"close_write", "moved_to", "delete", "moved_from"}) and (
+            ev.name in ("grubenv", "grub.cfg", "grub", "loader.conf") or ev.name.endswith((".conf", ".cfg")))
     return False
