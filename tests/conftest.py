@@ -4,8 +4,11 @@ import pytest
 
 from helpers import TestRoot
 
-# Fixtures that live beside their helpers: nvkmd_daemon (a real daemon process).
-pytest_plugins = ["daemon_helpers"]
+# Every fixture is registered here, once; they live beside their helpers:
+# nvkmd_daemon (a real daemon process); bus_factory, bus, bus_daemon (a
+# private bus and the daemon on it); desktop, agent_factory (a desktop
+# session and nvkmd-agent); logind_bus (the real logind on a private bus).
+pytest_plugins = ["daemon_helpers", "dbus_helpers", "desktop_helpers", "logind_helpers"]
 
 
 @pytest.fixture

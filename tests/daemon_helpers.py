@@ -1,19 +1,15 @@
 """Driving a real ``nvkmd`` daemon process on a test root.
 
-The daemon runs as ``python -m nvkmd.daemon.main --root R --bus none -v``; tests
-watch its log, its job database (read-only) and the files it installs, and
-wait on conditions.  Its log is printed at teardown, which pytest shows
-for a failed test.
+The daemon runs as ``python -m nvkmd.daemon --root R --bus none -v``; tests
+watch its job database (read-only) and the files it installs, and wait on
+conditions; its log, for what only a log line can show.  Its log is
+printed at teardown, which pytest shows for a failed test.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -21,98 +17,29 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from helpers import REPO, wait_for
+from harness.processes import LoggedProcess, Started
+from harness.waiting import wait_for
 
 if TYPE_CHECKING:
     from helpers import TestRoot
 
 
-class NvkmdDaemon:
+class NvkmdDaemon(LoggedProcess):
+    name = "nvkmd"
+
     def __init__(self, root: TestRoot, log_path: Path, env: dict[str, str] | None = None,
                  args: tuple[str, ...] = ()):
+        super().__init__(log_path, env)
         self.root = root
-        self.log_path = log_path
-        self.env = env or {}
         self.args = args
-        self.proc: subprocess.Popen | None = None
-        self.runs = 0
 
     @property
     def db(self) -> Path:
         return self.root.path / "var" / "lib" / "nvkmd" / "nvkmd.sqlite3"
 
-    def start(self) -> "NvkmdDaemon":
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        e = dict(os.environ)
-        e.setdefault("PYTHONUNBUFFERED", "1")
-        e.pop("NOTIFY_SOCKET", None)
-        e.update(self.env)
-        self.runs += 1
-        out = open(self.log_path, "a")
-        out.write(f"----- nvkmd start #{self.runs}\n")
-        out.flush()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nvkmd.daemon", "--root", str(self.root.path), "--bus", "none", "-v",
-             *self.args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-            env=e)
-        out.close()
-        self._mark = self.log_text().rfind(f"----- nvkmd start #{self.runs}")
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self, this_run: bool = False) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return text[self._mark:] if this_run else text
-
-    def wait_log(self, pattern: str, timeout: float = 60, count: int = 1,
-                 this_run: bool = True) -> list[re.Match]:
-        rx = re.compile(pattern, re.M)
-
-        def found():
-            exited = self.proc is not None and self.proc.poll() is not None
-            hits = list(rx.finditer(self.log_text(this_run)))
-            if len(hits) >= count:
-                return hits
-            if exited:
-                raise AssertionError(f"nvkmd exited with {self.proc.returncode} while waiting "
-                                     f"for /{pattern}/")
-            return None
-        return wait_for(found, timeout, f"/{pattern}/ x{count} in the daemon log")
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        self.wait_log(r"event='ready'", timeout)
-
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM; the exit status (fails the test if it does not stop in time)."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"nvkmd did not stop within {timeout}s of SIGTERM")
-        return self.proc.returncode
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "nvkmd.daemon", "--root", str(self.root.path),
+                "--bus", "none", "-v", *self.args]
 
     # -- the job database, read-only -------------------------------------------
     def jobs(self) -> list[dict]:
@@ -133,37 +60,29 @@ class NvkmdDaemon:
         """The newest job for ``kernel`` in ``state`` (with id > ``after``:
         a job queued later than a known one, not that one again)."""
         def cond():
-            exited = self.proc is not None and self.proc.poll() is not None
+            gone = self.exited()
             for j in reversed(self.jobs_for(kernel)):
                 if j["id"] > after and j["state"] == state and \
                         (version is None or j["source_version"] == version):
                     return j
-            if exited:
-                raise AssertionError(f"nvkmd exited with {self.proc.returncode}")
+            if gone:
+                raise AssertionError(gone)
             return None
         return wait_for(cond, timeout, f"a {state} job for {kernel}")
 
 
 @pytest.fixture
-def nvkmd_daemon(tmp_path, request):
+def nvkmd_daemon(tmp_path):
     """Factory: ``nvkmd_daemon(root, env={...})`` -> a started NvkmdDaemon."""
-    made: list[NvkmdDaemon] = []
+    made = Started()
 
     def make(root: TestRoot, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
              start: bool = True) -> NvkmdDaemon:
-        d = NvkmdDaemon(root, tmp_path / f"nvkmd-{len(made)}.log", env, args)
-        made.append(d)
+        d = made.add(NvkmdDaemon(root, tmp_path / f"nvkmd-{len(made)}.log", env, args))
         return d.start() if start else d
 
     yield make
-    for d in made:
-        if d.alive():
-            try:
-                d.stop()
-            except AssertionError:
-                pass
-        print(f"===== daemon log {d.log_path}")
-        print(d.log_text())
+    made.close()
 
 
 def installed_version(root: TestRoot, kernel: str) -> str | None:

@@ -5,25 +5,23 @@ run as an unprivileged user through ``setpriv``."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import pytest
 
 from daemon_helpers import NvkmdDaemon
+from harness import bus as harness_bus
+from harness.bus import ACTIVATION, BUSCONFIG, DBUS_DIR, has_owner, owner, run
+from harness.processes import Started, stop
 from helpers import REPO, TestRoot, wait_for
 
-DBUS_DIR = REPO / "dbus"
-BUSCONFIG = DBUS_DIR / "io.github.nvkmd.conf"
-ACTIVATION = DBUS_DIR / "io.github.nvkmd.service"
 POLKIT_POLICY = DBUS_DIR / "io.github.nvkmd.policy"
 CONTRACT = DBUS_DIR / "io.github.nvkmd.Manager1.xml"
 POLKIT_BUSCONFIG = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
@@ -32,99 +30,17 @@ POLKIT_RULES = Path("/etc/polkit-1/rules.d")
 POLKITD = [Path("/usr/lib/polkit-1/polkitd"), Path("/usr/libexec/polkitd"),
            Path("/usr/libexec/polkit-1/polkitd")]
 
-# The default policy of Debian's /usr/share/dbus-1/system.conf: nobody owns
-# a name or calls a method unless a service's busconfig allows it.
-SYSTEM_POLICY = """
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
-          send_member="UpdateActivationEnvironment"/>
-  </policy>
-"""
+# Names tests take from here; they live in the harness, shared with bench/.
+__all__ = ["ACTIVATION", "BUSCONFIG", "CONTRACT", "DBUS_DIR", "POLKIT_POLICY", "BusDaemon",
+           "Polkitd", "PrivateBus", "Served", "as_nobody", "nobody_python", "owner", "raw_call",
+           "run", "serve_root"]
 
 
-class PrivateBus:
-    """``dbus-daemon --nofork --print-address`` with a generated config."""
+class PrivateBus(harness_bus.PrivateBus):
+    """The harness's system-like bus; with ``polkit``, polkitd's busconfig too."""
 
-    def __init__(self, *, polkit: bool = False, activation: bool = False,
-                 limits: dict[str, int] | None = None, includes: tuple[Path, ...] = ()):
-        # A world-searchable directory: clients running as nobody must reach
-        # the socket (pytest's tmp_path is private to root).
-        self.dir = Path(tempfile.mkdtemp(prefix="nvkmd-bus-"))
-        self.dir.chmod(0o755)
-        self.socket = self.dir / "bus"
-        includes = [BUSCONFIG] + ([POLKIT_BUSCONFIG] if polkit else []) + list(includes)
-        servicedir = ""
-        if activation:
-            services = self.dir / "services"
-            services.mkdir()
-            shutil.copy(ACTIVATION, services / ACTIVATION.name)
-            servicedir = f"  <servicedir>{services}</servicedir>\n"
-        limit_xml = "".join(f'  <limit name="{k}">{v}</limit>\n' for k, v in (limits or {}).items())
-        self.config = self.dir / "bus.conf"
-        self.config.write_text(
-            '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
-            ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
-            "<busconfig>\n  <type>system</type>\n  <auth>EXTERNAL</auth>\n"
-            f"  <listen>unix:path={self.socket}</listen>\n{servicedir}{limit_xml}{SYSTEM_POLICY}"
-            + "".join(f"  <include>{p}</include>\n" for p in includes) + "</busconfig>\n")
-        # stderr goes to a file: dbus-daemon logs every refused call there,
-        # and a pipe nobody drains would block it once full.
-        self.log = self.dir / "dbus-daemon.log"
-        with open(self.log, "w") as err:
-            self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={self.config}",
-                                          "--print-address", "--nofork"],
-                                         stdout=subprocess.PIPE, stderr=err, text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line:
-            self.proc.wait(10)
-            raise AssertionError(f"dbus-daemon did not start with {self.config}: "
-                                 f"{self.log.read_text()}")
-        self.address = line
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def run(address: str, fn: Callable[[Any], Awaitable[Any]], timeout: float = 60) -> Any:
-    """``await fn(client)`` with a fresh nvkmd.clients.manager connection, from sync code."""
-    from nvkmd.clients import manager as client
-
-    async def go():
-        c = await client.connect(address)
-        try:
-            return await asyncio.wait_for(fn(c), timeout)
-        finally:
-            c.close()
-    return asyncio.run(go())
-
-
-def owner(address: str) -> str:
-    return run(address, lambda c: c.owner())
+    def __init__(self, *, polkit: bool = False, includes: tuple[Path, ...] = (), **kw):
+        super().__init__(includes=((POLKIT_BUSCONFIG,) if polkit else ()) + tuple(includes), **kw)
 
 
 _OURS = object()
@@ -155,22 +71,9 @@ class BusDaemon(NvkmdDaemon):
         self.bus = bus
         self.wrapper = wrapper
 
-    def start(self) -> "BusDaemon":
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        e = dict(os.environ)
-        e.setdefault("PYTHONUNBUFFERED", "1")
-        e.pop("NOTIFY_SOCKET", None)
-        e.update(self.env)
-        self.runs += 1
-        with open(self.log_path, "a") as out:
-            out.write(f"----- nvkmd start #{self.runs}\n")
-            out.flush()
-            self.proc = subprocess.Popen(
-                [*self.wrapper, sys.executable, "-m", "nvkmd.daemon", "--root", str(self.root.path),
-                 "--bus", self.bus.address, "-v"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=e)
-        self._mark = self.log_text().rfind(f"----- nvkmd start #{self.runs}")
-        return self
+    def command(self) -> list[str]:
+        return [*self.wrapper, sys.executable, "-m", "nvkmd.daemon", "--root", str(self.root.path),
+                "--bus", self.bus.address, "-v"]
 
     def _traced_pids(self) -> list[int]:
         """The daemon's pid(s) when it runs under a wrapper such as strace."""
@@ -196,11 +99,37 @@ class BusDaemon(NvkmdDaemon):
                 os.kill(pid, signal.SIGKILL)
         super().kill9()
 
+    # -- its state, through its API ---------------------------------------------
+    def status(self):
+        return run(self.bus.address, lambda c: c.status())
+
+    def kernel(self, release: str):
+        """``release``'s KernelStatus, None while the daemon does not list it."""
+        return next((k for k in self.status().kernels if k.release == release), None)
+
+    def wait_kernel(self, release: str, state: str | None, timeout: float = 60):
+        """Until the daemon lists ``release`` in ``state`` (None: until it
+        no longer lists it)."""
+        def cond():
+            if gone := self.exited():
+                raise AssertionError(gone)
+            k = self.kernel(release)
+            return (k is None) if state is None else (k if k and k.state == state else None)
+        return wait_for(cond, timeout, f"{release} to be {state or 'unlisted'}")
+
+    def wait_status(self, pred: Callable[[Any], Any], what: str, timeout: float = 60):
+        """The first GetStatus for which ``pred(status)`` holds."""
+        def cond():
+            if gone := self.exited():
+                raise AssertionError(gone)
+            s = self.status()
+            return s if pred(s) else None
+        return wait_for(cond, timeout, what)
+
     def wait_on_bus(self, timeout: float = 60) -> "BusDaemon":
         def up():
-            if not self.alive():
-                raise AssertionError(f"nvkmd exited with {self.proc.returncode}:\n"
-                                     f"{self.log_text(True)[-3000:]}")
+            if gone := self.exited():
+                raise AssertionError(f"{gone}:\n{self.log_text(True)[-3000:]}")
             return owner(self.bus.address)
         wait_for(up, timeout, "nvkmd to own io.github.nvkmd")
         return self
@@ -228,23 +157,15 @@ def bus(bus_factory) -> PrivateBus:
 def bus_daemon(tmp_path):
     """Factory: ``bus_daemon(root, bus, env=..., wrapper=...)`` -> a BusDaemon
     owning the name.  Its log is printed at teardown (shown on failure)."""
-    made: list[BusDaemon] = []
+    made = Started()
 
     def make(root: TestRoot, bus: PrivateBus, env: dict[str, str] | None = None,
              wrapper: tuple[str, ...] = (), wait: bool = True) -> BusDaemon:
-        d = BusDaemon(root, tmp_path / f"nvkmd-bus-{len(made)}.log", bus, env, wrapper)
-        made.append(d)
+        d = made.add(BusDaemon(root, tmp_path / f"nvkmd-bus-{len(made)}.log", bus, env, wrapper))
         d.start()
         return d.wait_on_bus() if wait else d
     yield make
-    for d in made:
-        if d.alive():
-            try:
-                d.stop()
-            except AssertionError:
-                pass
-        print(f"===== daemon log {d.log_path}")
-        print(d.log_text())
+    made.close()
 
 
 # -- an unprivileged user -------------------------------------------------------
@@ -332,18 +253,11 @@ class Polkitd:
                     pytest.skip("this machine cannot give polkitd a private mount namespace "
                                 f"(needs CAP_SYS_ADMIN): {text.strip()[-300:]}")
                 raise AssertionError(f"polkitd exited with {self.proc.returncode}: {text}")
-            return run(bus.address, lambda c: c._bus_call("GetNameOwner", "s",
-                                                          ["org.freedesktop.PolicyKit1"]))
+            return has_owner(bus.address, "org.freedesktop.PolicyKit1")
         wait_for(lambda: _quiet(up), 30, "polkitd to own org.freedesktop.PolicyKit1")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 def _quiet(fn: Callable[[], Any]) -> Any:

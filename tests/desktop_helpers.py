@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,25 +24,9 @@ from typing import Any
 
 import pytest
 
-from helpers import REPO, wait_for
-
-SESSION_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <auth>EXTERNAL</auth>
-  <listen>unix:path={socket}</listen>
-  <!-- No <servicedir>: the host's dunst activation file must not start a
-       server behind the test's back. -->
-  <policy context="default">
-    <!-- Any user: an agent test runs the agent as nobody. -->
-    <allow user="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
+from harness.bus import PrivateBus
+from harness.processes import LoggedProcess, Started, stop
+from harness.waiting import wait_for
 
 DUNSTRC = """[global]
     monitor = 0
@@ -80,24 +62,9 @@ def _need(*programs: str) -> None:
         pytest.fail(f"{', '.join(missing)} not installed (scripts/setup installs them)")
 
 
-class SessionBus:
-    def __init__(self):
-        _need("dbus-daemon")
-        # World-searchable, unlike pytest's tmp_path: the agent may run as nobody.
-        self.dir = Path(tempfile.mkdtemp(prefix="nvkmd-session-"))
-        self.dir.chmod(0o755)
-        self.config = self.dir / "session.conf"
-        self.config.write_text(SESSION_CONF.format(socket=self.dir / "bus"))
-        self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={self.config}", "--nofork",
-                                      "--print-address"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.address = self.proc.stdout.readline().strip()
-        if not self.address:
-            raise AssertionError(f"session dbus-daemon did not start: {self.proc.stderr.read()}")
-
-    def stop(self) -> None:
-        _terminate(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
+def SessionBus() -> PrivateBus:
+    _need("dbus-daemon")
+    return PrivateBus(kind="session")
 
 
 class Xvfb:
@@ -116,17 +83,7 @@ class Xvfb:
         self.display = f":{number}"
 
     def stop(self) -> None:
-        _terminate(self.proc)
-
-
-def _terminate(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(self.proc)
 
 
 class Dunst:
@@ -178,7 +135,7 @@ class Dunst:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _terminate(self.proc)
+            stop(self.proc)
 
 
 class Monitor:
@@ -240,7 +197,7 @@ class Monitor:
                         timeout, f"{count} notification(s) {summary!r}")
 
     def stop(self) -> None:
-        _terminate(self.proc)
+        stop(self.proc)
 
 
 class Desktop:
@@ -271,78 +228,42 @@ class Desktop:
             part.stop()
 
 
-class AgentProcess:
-    """``python -m nvkmd.agent.main --bus <system-like bus> -v`` as a user of
+class AgentProcess(LoggedProcess):
+    """``python -m nvkmd.agent --bus <system-like bus> -v`` as a user of
     ``desktop``: its session bus, its $HOME (XDG_* unset, so the defaults
     under $HOME are what is tested)."""
 
+    name = "nvkmd-agent"
+
     def __init__(self, desktop: Desktop, bus_address: str, log_path: Path, as_nobody: bool = False):
+        super().__init__(log_path)
         self.desktop = desktop
         self.bus_address = bus_address
-        self.log_path = log_path
         self.as_nobody = as_nobody
         self.home = desktop.home
         if as_nobody:
             self.home = Path(tempfile.mkdtemp(prefix="nvkmd-home-"))
             shutil.chown(self.home, "nobody", "nogroup")
-        self.proc: subprocess.Popen | None = None
-        self.runs = 0
-        self._mark = 0
 
-    def start(self) -> "AgentProcess":
+    def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
         env.update(DBUS_SESSION_BUS_ADDRESS=self.desktop.session.address,
                    HOME=str(self.home), PYTHONUNBUFFERED="1")
         env.pop("DISPLAY", None)
+        return env
+
+    def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "nvkmd.agent", "--bus", self.bus_address, "-v"]
-        if self.as_nobody:
-            from dbus_helpers import NOBODY, nobody_python
-            py, base = nobody_python()
-            user_env = {**base, "DBUS_SESSION_BUS_ADDRESS": env["DBUS_SESSION_BUS_ADDRESS"],
-                        "HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
-            cmd = [*NOBODY, "env", "-i", *(f"{k}={v}" for k, v in user_env.items()), *py,
-                   *cmd[1:]]
-        self.runs += 1
-        with open(self.log_path, "a") as out:
-            out.write(f"----- agent start #{self.runs}\n")
-        self._mark = len(self.log_path.read_text())
-        with open(self.log_path, "a") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=REPO, env=env)
-        return self
+        if not self.as_nobody:
+            return cmd
+        from dbus_helpers import NOBODY, nobody_python
+        py, base = nobody_python()
+        user_env = {**base, "DBUS_SESSION_BUS_ADDRESS": self.desktop.session.address,
+                    "HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        return [*NOBODY, "env", "-i", *(f"{k}={v}" for k, v in user_env.items()), *py, *cmd[1:]]
 
     def text(self, this_run: bool = True) -> str:
-        t = self.log_path.read_text(errors="replace")
-        return t[self._mark:] if this_run else t
-
-    def wait_log(self, pattern: str, timeout: float = 60, count: int = 1) -> list[re.Match]:
-        rx = re.compile(pattern, re.M)
-
-        def found():
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"nvkmd-agent exited with {self.proc.returncode}:\n"
-                                     f"{self.text()[-3000:]}")
-            hits = list(rx.finditer(self.text()))
-            return hits if len(hits) >= count else None
-        return wait_for(found, timeout, f"/{pattern}/ x{count} in the agent's log")
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        self.wait_log(r"event='ready'", timeout)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 20) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"nvkmd-agent did not stop within {timeout}s of SIGTERM")
-        return self.proc.returncode
+        return self.log_text(this_run)
 
 
 @pytest.fixture
@@ -359,20 +280,14 @@ def desktop(tmp_path):
 def agent_factory(tmp_path, desktop):
     """``agent_factory(bus_address)`` -> a started AgentProcess; its log is
     printed at teardown (pytest shows it for a failed test)."""
-    made: list[AgentProcess] = []
+    made = Started()
 
     def make(bus_address: str, start: bool = True, as_nobody: bool = False) -> AgentProcess:
-        a = AgentProcess(desktop, bus_address, tmp_path / f"agent-{len(made)}.log", as_nobody)
-        made.append(a)
+        a = made.add(AgentProcess(desktop, bus_address, tmp_path / f"agent-{len(made)}.log",
+                                  as_nobody))
         return a.start() if start else a
     yield make
-    for a in made:
-        if a.alive():
-            try:
-                a.stop()
-            except AssertionError:
-                pass
-        print(f"===== agent log {a.log_path}")
-        print(a.text(this_run=False))
+    made.close()
+    for a in made.all:
         if a.as_nobody:
             shutil.rmtree(a.home, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Shared test helpers: real test roots with real Debian kernel headers."""
+"""Test roots with the tiny source and real Debian kernel headers, and
+``nvkmd --once`` runs; the rest of the harness is in tests/harness/."""
 
 from __future__ import annotations
 
@@ -6,27 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "tests" / "data" / "tiny-open"
-SYSTEM_MODULES = Path("/lib/modules")
-T = TypeVar("T")
+from harness.roots import REPO, SYSTEM_MODULES, TINY, Root, header_kernels
+from harness.waiting import wait_for
 
-
-def header_kernels() -> list[str]:
-    """Releases with real Debian headers on this machine, oldest first."""
-    from nvkmd.system.kernels import release_key
-    found = []
-    if SYSTEM_MODULES.is_dir():
-        for d in SYSTEM_MODULES.iterdir():
-            if (d / "build" / "Makefile").is_file() and (d / "build" / ".config").is_file():
-                found.append(d.name)
-    return sorted(found, key=release_key)
+# The harness's names that tests have always taken from here.
+__all__ = ["REPO", "SYSTEM_MODULES", "TINY", "TestRoot", "header_kernels", "need_kernels",
+           "run_nvkmd", "set_tiny_version", "wait_for"]
 
 
 def need_kernels(n: int) -> list[str]:
@@ -37,29 +27,13 @@ def need_kernels(n: int) -> list[str]:
     return ks
 
 
-def wait_for(cond: Callable[[], T], timeout: float = 30.0, what: str = "condition",
-             interval: float = 0.05) -> T:
-    """Poll ``cond`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-class TestRoot:
+class TestRoot(Root):
     """A scratch system root: <root>/lib/modules/<K> with build/source links
     to the real headers, an NVIDIA-like source under usr/src, a config."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.modules = path / "lib" / "modules"
-        self.modules.mkdir(parents=True, exist_ok=True)
+        super().__init__(path)
         (path / "usr" / "src").mkdir(parents=True, exist_ok=True)
-        (path / "etc" / "nvkmd").mkdir(parents=True, exist_ok=True)
         self.config_text = ""
 
     def add_kernel(self, release: str, headers: bool = True) -> Path:
@@ -68,20 +42,6 @@ class TestRoot:
         if headers:
             self.link_headers(release)
         return d
-
-    def link_headers(self, release: str) -> None:
-        d = self.modules / release
-        build = (SYSTEM_MODULES / release / "build").resolve()
-        source = (SYSTEM_MODULES / release / "source").resolve()
-        for name, target in (("build", build), ("source", source)):
-            if not (d / name).is_symlink():
-                os.symlink(target, d / name)
-
-    def unlink_headers(self, release: str) -> None:
-        for name in ("build", "source"):
-            p = self.modules / release / name
-            if p.is_symlink():
-                p.unlink()
 
     def add_tiny_source(self, name: str = "nvidia-tiny", version: str | None = None) -> Path:
         dest = self.path / "usr" / "src" / name
@@ -93,10 +53,7 @@ class TestRoot:
 
     def configure(self, text: str) -> None:
         self.config_text = text
-        (self.path / "etc" / "nvkmd" / "nvkmd.toml").write_text(text)
-
-    def nvkmd_dir(self, release: str) -> Path:
-        return self.modules / release / "updates" / "nvkmd"
+        self.write_config(text)
 
 
 def set_tiny_version(tree: Path, version: str) -> None:

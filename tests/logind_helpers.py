@@ -8,37 +8,22 @@ there: the host's /run/systemd is untouched.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from helpers import wait_for
+from nvkmd.errors import NvkmdError
+
+from harness.bus import call, has_owner
+from harness.processes import stop
+from harness.waiting import wait_for
 
 LOGIND = [Path("/lib/systemd/systemd-logind"), Path("/usr/lib/systemd/systemd-logind")]
 LOGIND_BUSCONFIG = Path("/usr/share/dbus-1/system.d/org.freedesktop.login1.conf")
-
-
-def bus_call(address: str, dest: str, path: str, iface: str, member: str,
-             signature: str = "", body: list | None = None) -> list:
-    from dbus_fast import Message, MessageType
-    from dbus_fast.aio import MessageBus
-
-    async def go():
-        conn = await MessageBus(bus_address=address).connect()
-        try:
-            reply = await conn.call(Message(destination=dest, path=path, interface=iface,
-                                            member=member, signature=signature, body=body or []))
-        finally:
-            conn.disconnect()
-        if reply.message_type is MessageType.ERROR:
-            raise RuntimeError(f"{reply.error_name}: {reply.body}")
-        return reply.body
-    return asyncio.run(asyncio.wait_for(go(), 30))
+LOGIN1 = ("org.freedesktop.login1", "/org/freedesktop/login1", "org.freedesktop.login1.Manager")
 
 
 class Logind:
@@ -62,27 +47,18 @@ class Logind:
                 raise AssertionError(f"systemd-logind exited with {self.proc.returncode}: "
                                      f"{self.log.read_text()[-500:]}")
             try:
-                return bus_call(bus.address, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                "org.freedesktop.DBus", "NameHasOwner", "s",
-                                ["org.freedesktop.login1"])[0]
-            except (RuntimeError, OSError):
+                return has_owner(bus.address, LOGIN1[0])
+            except NvkmdError:
                 return False
         wait_for(up, 30, "systemd-logind to own org.freedesktop.login1")
 
     def inhibitors(self) -> list[tuple]:
         """(what, who, why, mode, uid, pid) of every inhibitor logind holds."""
-        (items,) = bus_call(self.bus.address, "org.freedesktop.login1", "/org/freedesktop/login1",
-                            "org.freedesktop.login1.Manager", "ListInhibitors")
+        (items,) = call(self.bus.address, *LOGIN1, "ListInhibitors")
         return [tuple(i) for i in items]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
 
 @pytest.fixture

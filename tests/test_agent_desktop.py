@@ -7,8 +7,7 @@ from __future__ import annotations
 import pwd
 from pathlib import Path
 
-from dbus_helpers import bus, bus_daemon, bus_factory, run  # noqa: F401
-from desktop_helpers import agent_factory, desktop  # noqa: F401
+from dbus_helpers import run
 from helpers import need_kernels, wait_for
 
 FAST = "[daemon]\ndebounce_s = 0.2\n"
@@ -196,7 +195,6 @@ def test_show_log_opens_the_build_log(root, bus, bus_daemon, desktop, agent_fact
     copy = opened / log.name
     wait_for(copy.is_file, 30, "the log viewer to run")
     assert copy.read_bytes() == log.read_bytes()
-    agent.wait_log(r"event='opening the build log'")
     assert agent.stop() == 0
 
 

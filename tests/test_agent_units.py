@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from dbus_helpers import bus, bus_factory  # noqa: F401
-from desktop_helpers import agent_factory, desktop  # noqa: F401
 from helpers import REPO
 
 UNIT = REPO / "systemd" / "nvkmd-agent.service"

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from dbus_fast import SignatureTree
 
-from dbus_helpers import ACTIVATION, BUSCONFIG, CONTRACT, DBUS_DIR, POLKIT_POLICY, BusDaemon, \
-    PrivateBus, raw_call
+from dbus_helpers import ACTIVATION, BUSCONFIG, CONTRACT, DBUS_DIR, POLKIT_POLICY, raw_call
 from helpers import TestRoot as Root
 from nvkmd import api
 from nvkmd.errors import ErrorCode
@@ -38,14 +37,10 @@ def test_xmllint_validates(path):
     assert r.returncode == 0, r.stderr
 
 
-def test_the_busconfig_is_accepted_by_a_real_dbus_daemon():
+def test_the_busconfig_is_accepted_by_a_real_dbus_daemon(bus):
     # (Every bus in these tests includes it; this one says so by name.)
-    bus = PrivateBus()
-    try:
-        assert bus.alive() and bus.address.startswith("unix:path=")
-        assert str(BUSCONFIG) in bus.config.read_text()
-    finally:
-        bus.stop()
+    assert bus.alive() and bus.address.startswith("unix:path=")
+    assert str(BUSCONFIG) in bus.config.read_text()
 
 
 def test_the_busconfig_lets_only_root_own_the_name_and_everyone_call():
@@ -168,35 +163,25 @@ def test_the_code_tables_match_the_contract():
 
 # -- the live daemon against the contract -------------------------------------------
 
-def test_live_introspection_matches_the_contract(tmp_path):
-    root = Root(tmp_path / "root")
-    bus = PrivateBus()
-    d = BusDaemon(root, tmp_path / "nvkmd.log", bus, env={"NVKMD_RUNNING_KERNEL": "0.0.0-x"})
-    try:
-        d.start()
-        d.wait_on_bus()
-        reply = raw_call(bus.address, "Introspect", "", [],
-                         interface="org.freedesktop.DBus.Introspectable")
-        live = ET.fromstring(reply.body[0])
-        assert interface_shape(live) == interface_shape(contract())
-        names = {i.get("name") for i in live.iter("interface")}
-        assert names == {api.INTERFACE, "org.freedesktop.DBus.Introspectable",
-                         "org.freedesktop.DBus.Properties", "org.freedesktop.DBus.Peer"}
-        # the standard interfaces it lists are really served
-        assert raw_call(bus.address, "Ping", "", [], interface="org.freedesktop.DBus.Peer").body == []
-        props = raw_call(bus.address, "GetAll", "s", [api.INTERFACE],
-                         interface="org.freedesktop.DBus.Properties").body[0]
-        shape = interface_shape(contract())
-        assert {n: v.signature for n, v in props.items()} == {
-            n: t for n, (t, _, _) in shape["properties"].items()}
-        # and the ancestors lead busctl tree / d-feet to the object
-        for parent, child in (("/", "io"), ("/io", "github"), ("/io/github", "nvkmd")):
-            xml = raw_call(bus.address, "Introspect", "", [], path=parent,
-                           interface="org.freedesktop.DBus.Introspectable").body[0]
-            assert [n.get("name") for n in ET.fromstring(xml).findall("node")] == [child]
-        assert d.stop() == 0
-    finally:
-        if d.alive():
-            d.kill9()
-        bus.stop()
-        print(d.log_text())
+def test_live_introspection_matches_the_contract(tmp_path, bus, bus_daemon):
+    d = bus_daemon(Root(tmp_path / "root"), bus, env={"NVKMD_RUNNING_KERNEL": "0.0.0-x"})
+    reply = raw_call(bus.address, "Introspect", "", [],
+                     interface="org.freedesktop.DBus.Introspectable")
+    live = ET.fromstring(reply.body[0])
+    assert interface_shape(live) == interface_shape(contract())
+    names = {i.get("name") for i in live.iter("interface")}
+    assert names == {api.INTERFACE, "org.freedesktop.DBus.Introspectable",
+                     "org.freedesktop.DBus.Properties", "org.freedesktop.DBus.Peer"}
+    # the standard interfaces it lists are really served
+    assert raw_call(bus.address, "Ping", "", [], interface="org.freedesktop.DBus.Peer").body == []
+    props = raw_call(bus.address, "GetAll", "s", [api.INTERFACE],
+                     interface="org.freedesktop.DBus.Properties").body[0]
+    shape = interface_shape(contract())
+    assert {n: v.signature for n, v in props.items()} == {
+        n: t for n, (t, _, _) in shape["properties"].items()}
+    # and the ancestors lead busctl tree / d-feet to the object
+    for parent, child in (("/", "io"), ("/io", "github"), ("/io/github", "nvkmd")):
+        xml = raw_call(bus.address, "Introspect", "", [], path=parent,
+                       interface="org.freedesktop.DBus.Introspectable").body[0]
+        assert [n.get("name") for n in ET.fromstring(xml).findall("node")] == [child]
+    assert d.stop() == 0

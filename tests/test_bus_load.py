@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from dbus_helpers import BusDaemon, PrivateBus, owner, run
+from dbus_helpers import owner, run
 from helpers import TestRoot as Root
 from helpers import need_kernels
 from nvkmd.errors import ErrorCode, NvkmdError
@@ -18,7 +18,7 @@ N = 5000
 
 
 @pytest.fixture
-def loaded(tmp_path):
+def loaded(tmp_path, bus_factory, bus_daemon):
     made = []
 
     def make(limits):
@@ -27,20 +27,15 @@ def loaded(tmp_path):
         root.add_tiny_source()
         root.add_kernel(k, headers=False)
         root.add_kernel("6.0.0-1-fake", headers=False)
-        bus = PrivateBus(limits=limits)
-        d = BusDaemon(root, tmp_path / f"nvkmd{len(made)}.log", bus, env={"NVKMD_RUNNING_KERNEL": k})
-        made.append((bus, d))
-        d.start()
-        d.wait_on_bus()
+        bus = bus_factory(limits=limits)
+        d = bus_daemon(root, bus, env={"NVKMD_RUNNING_KERNEL": k})
+        made.append(d)
         return bus, d
     yield make
-    for bus, d in made:
-        try:
-            if d.alive():
-                assert d.stop() == 0
-        finally:
-            bus.stop()
-            print(d.log_text()[-5000:])
+    # Surviving the load includes stopping cleanly afterwards.
+    for d in made:
+        if d.alive():
+            assert d.stop() == 0
 
 
 async def burst(c) -> Counter:

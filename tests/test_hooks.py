@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from dbus_helpers import bus, bus_daemon, bus_factory  # noqa: F401  (fixtures)
 from helpers import REPO, need_kernels, run_nvkmd
 
 HOOKS = REPO / "hooks"

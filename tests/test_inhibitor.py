@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 
-from dbus_helpers import bus, bus_daemon, bus_factory  # noqa: F401  (fixtures)
 from helpers import need_kernels, wait_for
-from logind_helpers import logind_bus  # noqa: F401  (fixture)
 
 WHY = "installing NVIDIA kernel modules"
 
@@ -25,7 +23,6 @@ def test_install_holds_a_delay_inhibitor_from_real_logind(root, logind_bus, bus_
                    f"\"sh -c 'echo {{kernel}} > {entered}; cat {gate} > /dev/null'\"\n")
     assert logind.inhibitors() == []
     daemon = bus_daemon(root, bus, env={"NVKMD_RUNNING_KERNEL": k})
-    daemon.wait_log(r"logind found: module installs delay shutdown")
     wait_for(entered.exists, 120, "the build to reach the initramfs step")
 
     held = logind.inhibitors()
@@ -36,7 +33,8 @@ def test_install_holds_a_delay_inhibitor_from_real_logind(root, logind_bus, bus_
     daemon.wait_job(k, "succeeded")
     wait_for(lambda: logind.inhibitors() == [], 30, "the inhibitor to be released")
     # Taken and released twice: around the module swap and depmod, then
-    # around the initramfs step.
+    # around the initramfs step.  The first is too short to catch in
+    # logind's list; the daemon's log is the record of both.
     log = daemon.log_text(True)
     assert log.count("shutdown inhibitor taken") == 2, log
     assert log.count("shutdown inhibitor released") == 2, log

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-from dbus_helpers import bus, bus_daemon, bus_factory  # noqa: F401  (fixtures)
 from helpers import REPO, need_kernels, wait_for
 from nvkmd.system.modinfo import modinfo
 from realdkms import git, make_repo

@@ -1,30 +1,30 @@
 """The pieces a figure runs against: scratch roots with the machine's real
 kernel headers linked in, the real ``nvkmd`` daemon as a process whose log
 lines are timestamped as they arrive, a private ``dbus-daemon`` configured
-with the project's own busconfig, and timed subprocesses."""
+with the project's own busconfig, and timed subprocesses.  Processes, the
+bus, roots and waiting are the test harness's (tests/harness/), so the
+bench measures the daemon exactly as the tests run it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "data" / "tiny-open"
-DBUS_DIR = REPO / "dbus"
-BUSCONFIG = DBUS_DIR / "io.github.nvkmd.conf"
-SYSTEM_MODULES = Path("/lib/modules")
+from harness import bus, waiting
+from harness.processes import LoggedProcess
+from harness.roots import REPO, SYSTEM_MODULES, TINY, Root, header_kernels
+
+# The harness's names the figures take from here, beside bench's own.
+__all__ = ["REPO", "SYSTEM_MODULES", "TINY", "header_kernels"]
 DEBIAN_TARBALL = Path("/usr/src/nvidia-open-kernel.tar.xz")
 PY = sys.executable
-T = TypeVar("T")
 
 
 class BenchError(Exception):
@@ -39,15 +39,8 @@ def log(msg: str) -> None:
         pass        # nobody is reading any more; the run (and its cleanup) goes on
 
 
-def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+# A timeout makes a figure unavailable, not the run fail.
+wait_for = functools.partial(waiting.wait_for, interval=0.02, error=BenchError)
 
 
 def timed(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 600,
@@ -64,16 +57,6 @@ def timed(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float =
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         raise BenchError(f"`{' '.join(cmd[:6])}` exited {p.returncode}: {' | '.join(tail)}")
     return dt, p
-
-
-def header_kernels() -> list[str]:
-    """Releases with real headers on this machine, oldest first."""
-    from nvkmd.system.kernels import release_key
-    out = []
-    for d in SYSTEM_MODULES.iterdir() if SYSTEM_MODULES.is_dir() else []:
-        if (d / "build" / "Makefile").is_file() and (d / "build" / ".config").is_file():
-            out.append(d.name)
-    return sorted(out, key=release_key)
 
 
 def nvkmctl() -> list[str]:
@@ -142,21 +125,18 @@ class SourceTree:
 
 # -- scratch roots -----------------------------------------------------------------
 
-class BenchRoot:
+class BenchRoot(Root):
     """A scratch system root: lib/modules/<K> with build/source links to the
     real headers, the source under usr/src, a config file."""
 
     def __init__(self, path: Path, source: SourceTree, config: str = ""):
-        self.path = path
-        self.modules = path / "lib" / "modules"
-        self.modules.mkdir(parents=True, exist_ok=True)
-        (path / "etc" / "nvkmd").mkdir(parents=True, exist_ok=True)
+        super().__init__(path)
         self.src = source.copy_into(path / "usr" / "src" / "nvidia-bench")
         self.configure(config)
 
     def configure(self, extra: str = "") -> None:
-        (self.path / "etc" / "nvkmd" / "nvkmd.toml").write_text(
-            f'[source]\npath = "/usr/src/nvidia-bench"\n[install]\ninitramfs = "never"\n{extra}')
+        self.write_config(f'[source]\npath = "/usr/src/nvidia-bench"\n[install]\ninitramfs = "never"\n'
+                          f'{extra}')
 
     def add_kernel(self, release: str, headers_of: str | None = None) -> Path:
         """A kernel directory; with ``headers_of``, linked to that real kernel's headers."""
@@ -165,16 +145,6 @@ class BenchRoot:
         if headers_of:
             self.link_headers(release, headers_of)
         return d
-
-    def link_headers(self, release: str, headers_of: str | None = None) -> None:
-        d = self.modules / release
-        real = SYSTEM_MODULES / (headers_of or release)
-        for name in ("build", "source"):
-            if not (d / name).is_symlink():
-                os.symlink((real / name).resolve(), d / name)
-
-    def nvkmd_dir(self, release: str) -> Path:
-        return self.modules / release / "updates" / "nvkmd"
 
     def installed(self, release: str) -> bool:
         return (self.nvkmd_dir(release) / "nvkmd.json").is_file()
@@ -190,51 +160,29 @@ def fields(line: str) -> dict[str, str]:
     return {k: v.strip("'") for k, v in LINE_FIELDS.findall(line)}
 
 
-class DaemonProc:
-    """``python -m nvkmd.main`` with every log line kept as (arrival time, line)."""
+class DaemonProc(LoggedProcess):
+    """``python -m nvkmd.daemon`` with every log line kept as (arrival time, line)."""
+
+    name = "nvkmd"
+    strict = False          # a figure measures; the tests judge shutdown
+    new_session = True
+    timestamped = True
 
     def __init__(self, root: Path, log_path: Path, *, bus: str = "none",
                  config: Path | None = None, env: dict[str, str] | None = None):
+        super().__init__(log_path, env)
         self.root = root
-        self.log_path = log_path
         self.bus = bus
         self.config = config
-        self.env = env or {}
-        self.lines: list[tuple[float, str]] = []
-        self.proc: subprocess.Popen | None = None
-        self._cv = threading.Condition()
 
-    def start(self) -> "DaemonProc":
-        e = dict(os.environ, PYTHONUNBUFFERED="1")
-        e.pop("NOTIFY_SOCKET", None)
+    def environment(self) -> dict[str, str]:
+        e = super().environment()
         e.pop("WATCHDOG_USEC", None)
-        e.update(self.env)
+        return e
+
+    def command(self) -> list[str]:
         cmd = [PY, "-m", "nvkmd.daemon", "--root", str(self.root), "--bus", self.bus]
-        if self.config:
-            cmd += ["--config", str(self.config)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, cwd=REPO, env=e, text=True,
-                                     start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
-        return self
-
-    def _read(self) -> None:
-        assert self.proc and self.proc.stderr
-        with open(self.log_path, "a") as out:
-            for line in self.proc.stderr:
-                now = time.monotonic()
-                out.write(line)
-                with self._cv:
-                    self.lines.append((now, line.rstrip("\n")))
-                    self._cv.notify_all()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return cmd + (["--config", str(self.config)] if self.config else [])
 
     def mark(self) -> int:
         with self._cv:
@@ -278,40 +226,11 @@ class DaemonProc:
         if not self.alive():
             raise BenchError(f"nvkmd exited ({self.proc.returncode}); log: {self.log_path}")
 
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+    def stop(self, timeout: float = 30) -> int | None:
+        return super().stop(timeout)
 
 
 # -- a private bus ----------------------------------------------------------------
-
-# Debian's /usr/share/dbus-1/system.conf default policy: deny unless a
-# service's busconfig allows.  The project's busconfig is included as is.
-SYSTEM_POLICY = """
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-"""
-
 
 def bus_available() -> str:
     """'' if the D-Bus adapter and the client exist, else why not."""
@@ -321,54 +240,21 @@ def bus_available() -> str:
         return f"{', '.join(missing)} not landed yet"
     if not shutil.which("dbus-daemon"):
         return "dbus-daemon is not installed"
-    if not BUSCONFIG.is_file():
-        return f"{BUSCONFIG.relative_to(REPO)} not landed yet"
+    if not bus.BUSCONFIG.is_file():
+        return f"{bus.BUSCONFIG.relative_to(REPO)} not landed yet"
     return ""
 
 
-class PrivateBus:
-    """``dbus-daemon`` on a private socket, with the system bus's default
-    policy and limits and the project's busconfig: loopback only."""
-
-    def __init__(self, ws: Workspace, limits: dict[str, int] | None = None):
-        self.dir = ws.new("bus")
-        self.limits = dict(limits or {})
-        limit_xml = "".join(f'  <limit name="{k}">{v}</limit>\n' for k, v in self.limits.items())
-        self.socket = self.dir / "bus"
-        conf = self.dir / "bus.conf"
-        conf.write_text(
-            '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
-            ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
-            "<busconfig>\n  <type>system</type>\n  <auth>EXTERNAL</auth>\n"
-            f"  <listen>unix:path={self.socket}</listen>\n{limit_xml}{SYSTEM_POLICY}"
-            f"  <include>{BUSCONFIG}</include>\n</busconfig>\n")
-        self.proc = subprocess.Popen(["dbus-daemon", f"--config-file={conf}", "--print-address",
-                                      "--nofork"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, start_new_session=True)
-        self.address = self.proc.stdout.readline().strip()
-        if not self.address:
-            raise BenchError(f"dbus-daemon did not start: {self.proc.stderr.read().strip()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+def PrivateBus(ws: Workspace, limits: dict[str, int] | None = None) -> bus.PrivateBus:
+    """The harness's private bus (the system bus's default policy and the
+    project's busconfig), in the workspace, out of the terminal's reach."""
+    return bus.PrivateBus(ws.new("bus"), limits=limits, new_session=True)
 
 
 def bus_owner(address: str) -> str:
     """The unique name owning io.github.nvkmd on ``address`` ('' if none)."""
-    import asyncio
-
-    from nvkmd.clients import manager as client
-
-    async def go() -> str:
-        c = await client.connect(address)
-        try:
-            return await c.owner()
-        finally:
-            c.close()
     try:
-        return asyncio.run(go())
+        return bus.owner(address)
     except Exception:
         return ""
 
