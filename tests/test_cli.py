@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dbus_helpers import bus, bus_factory, run, serve_root  # noqa: F401  (fixtures)
+from dbus_helpers import run, serve_root
 from helpers import REPO, wait_for
 from nvkmd import api
 from nvkmd.build.progress import PHASES

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 from daemon_helpers import NotifySocket
-from dbus_helpers import bus, bus_daemon, bus_factory  # noqa: F401  (fixtures)
 from helpers import REPO, need_kernels, wait_for
 from nvkmd.errors import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, EXIT_UNREACHABLE
 
