@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from nvkmd.build import diagnose
+from nvkmd.build import diagnose, procs
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.system.kernels import Kernel
 from nvkmd.procenv import child_env
@@ -59,58 +59,91 @@ def count_lines(kernel: Kernel, source: Source, build_dir: Path) -> Counts:
     return Counts(0, objects, max(1, len(source.modules)))
 
 
-async def _kill_group(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+async def _kill_group(proc: asyncio.subprocess.Process, token: str, grace: float = 5.0) -> None:
+    """Stop the build: SIGTERM, then SIGKILL, to every process it started
+    (procs.py: its group, its descendants and whatever carries its token,
+    setsid or not), until none is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+        await asyncio.to_thread(procs.kill, token, proc.pid, sig)
         try:
             await asyncio.wait_for(proc.wait(), grace)
-            # make may exit before its children: make sure none survive.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            return
+            break
         except asyncio.TimeoutError:
             continue
+    # make may exit before its children: make sure none survive.
+    await asyncio.to_thread(procs.kill_all, token, proc.pid)
+
+
+async def start_build(cmd: list[str], cwd: Path | None, registry: procs.Registry | None
+                      ) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a build command with its token, recorded in ``registry``."""
+    token = procs.new_token()
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, cwd=cwd, env=child_env(**{procs.BUILD_ENV: token}), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True, limit=1 << 20)
+    if registry is not None:
+        try:
+            registry.add(token, proc.pid)
+        except OSError:
+            await _kill_group(proc, token)
+            raise
+    return proc, token
 
 
 async def run_make(kernel: Kernel, source: Source, build_dir: Path, jobs: int, timeout_s: float,
-                   log: Callable[[str], None], on_progress: Callable[[Progress], None]) -> int:
+                   log: Callable[[str], None], on_progress: Callable[[Progress], None],
+                   registry: procs.Registry | None = None) -> int:
     """``make modules`` in ``build_dir``; returns make's exit status.
 
-    The whole process group is killed at ``timeout_s`` (a timeout marker goes
-    to the log and the status is -SIGKILL) and when the calling task is
-    cancelled (the marker says so; CancelledError propagates).
+    Every process of the build (procs.py) is killed at ``timeout_s`` (a
+    timeout marker goes to the log and the status is -SIGKILL) and when the
+    calling task is cancelled (the marker says so; CancelledError propagates).
     """
     tracker = ProgressTracker(count_lines(kernel, source, build_dir))
     cmd = ["make", f"-j{jobs}", *make_vars(kernel), "modules"]
     log("$ " + " ".join(cmd))
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, cwd=build_dir, env=child_env(), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True, limit=1 << 20)
+    proc, token = await start_build(cmd, build_dir, registry)
+    try:
+        return await _supervise(proc, token, timeout_s, log, tracker, on_progress)
+    finally:
+        if registry is not None:
+            registry.remove(token)
 
+
+async def _supervise(proc: asyncio.subprocess.Process, token: str, timeout_s: float,
+                     log: Callable[[str], None], tracker: ProgressTracker,
+                     on_progress: Callable[[Progress], None]) -> int:
     async def pump() -> None:
         assert proc.stdout is not None
-        while True:
-            raw = await proc.stdout.readline()
-            if not raw:
-                break
+        while raw := await proc.stdout.readline():
             line = raw.decode(errors="replace").rstrip("\n")
             log(line)
             p = tracker.feed(line)
             if p:
                 on_progress(p)
-        await proc.wait()
+
+    async def run() -> None:
+        reader = asyncio.create_task(pump())
+        try:
+            await proc.wait()
+            # make is done: what it left running (a recipe's setsid daemon)
+            # is no part of the result, and must not hold the output open.
+            await asyncio.to_thread(procs.kill_all, token, proc.pid)
+            await reader
+        finally:
+            reader.cancel()
 
     try:
-        await asyncio.wait_for(pump(), timeout_s)
+        await asyncio.wait_for(run(), timeout_s)
     except asyncio.TimeoutError:
-        await _kill_group(proc)
-        log(f"{diagnose.MARK_TIMEOUT} {timeout_s:g}s (build.timeout_s); the process group was killed")
+        await _kill_group(proc, token)
+        log(f"{diagnose.MARK_TIMEOUT} {timeout_s:g}s (build.timeout_s); every process of the "
+            "build was killed")
         return -signal.SIGKILL
     except asyncio.CancelledError:
-        await _kill_group(proc)
-        log(f"{diagnose.MARK_CANCELLED}; the process group was killed")
+        await _kill_group(proc, token)
+        log(f"{diagnose.MARK_CANCELLED}; every process of the build was killed")
         raise
     rc = proc.returncode if proc.returncode is not None else -1
     if rc < 0:

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Callable
 
 from nvkmd.build import diagnose
-from nvkmd.build.kbuild import _kill_group, count_lines
+from nvkmd.build import procs
+from nvkmd.build.kbuild import _kill_group, count_lines, start_build
 from nvkmd.build.locks import kernel_lock
 from nvkmd.build.log import BuildLog
 from nvkmd.build.progress import Counts, Progress, ProgressTracker
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.install.modules import depmod
 from nvkmd.paths import Paths
-from nvkmd.procenv import child_env
 from nvkmd.system.dkms import (
     DKMS_SUBDIR,
     RETIRED_MARK,
@@ -38,6 +38,7 @@ from nvkmd.system.kernels import NVKMD_SUBDIR, Kernel
 from nvkmd.system.source import Source
 
 TAIL_INTERVAL_S = 0.2
+BUILDS_SUBDIR = "builds"      # procs.Registry's records, in the state dir
 
 
 class DkmsBackend:
@@ -167,10 +168,15 @@ class DkmsBackend:
         stale = _inode(make_log)
         cmd = ["dkms", "build", *spec, "--verbose"]
         log.write("$ " + " ".join(cmd))
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, env=child_env(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, limit=1 << 20)
+        registry = procs.Registry(self.paths.state_dir / BUILDS_SUBDIR)
+        proc, token = await start_build(cmd, None, registry)
+        try:
+            return await self._supervise(proc, token, make_log, stale, line_in, log)
+        finally:
+            registry.remove(token)
+
+    async def _supervise(self, proc: asyncio.subprocess.Process, token: str, make_log: Path,
+                         stale: int | None, line_in: Callable[[str], None], log: BuildLog) -> int:
         done = asyncio.Event()
 
         async def pump() -> None:
@@ -183,6 +189,7 @@ class DkmsBackend:
             tail = asyncio.create_task(_follow(make_log, stale, done, line_in))
             try:
                 await pump()
+                await asyncio.to_thread(procs.kill_all, token, proc.pid)
             finally:
                 done.set()
                 await tail
@@ -190,13 +197,13 @@ class DkmsBackend:
         try:
             await asyncio.wait_for(run_all(), self.timeout_s)
         except asyncio.TimeoutError:
-            await _kill_group(proc)
+            await _kill_group(proc, token)
             log.write(f"{diagnose.MARK_TIMEOUT} {self.timeout_s:g}s (build.timeout_s); "
-                      "the process group was killed")
+                      "every process of the build was killed")
             return -signal.SIGKILL
         except asyncio.CancelledError:
-            await _kill_group(proc)
-            log.write(f"{diagnose.MARK_CANCELLED}; the process group was killed")
+            await _kill_group(proc, token)
+            log.write(f"{diagnose.MARK_CANCELLED}; every process of the build was killed")
             raise
         rc = proc.returncode if proc.returncode is not None else -1
         if rc < 0:

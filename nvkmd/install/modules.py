@@ -89,6 +89,17 @@ def depmod(kernel: Kernel, log: Callable[[str], None]) -> None:
     _run(["depmod", "-a", "-b", str(kernel.paths.root), kernel.release], log, diagnose.MARK_DEPMOD)
 
 
+def _refuse_links_out(kernel: Kernel) -> None:
+    """``updates/`` or ``updates/nvkmd`` as a symlink out of the kernel's
+    directory would send root's install (and its rmtree of the old set)
+    wherever the link points."""
+    home = kernel.dir.resolve()
+    for p in (kernel.dir / "updates", kernel.nvkmd_dir):
+        if p.is_symlink() and not p.resolve().is_relative_to(home):
+            raise InstallError(diagnose.MARK_INSTALL, f"{diagnose.MARK_INSTALL} {p} is a symlink "
+                               f"to {p.resolve()}, outside {kernel.dir}; refusing to install there")
+
+
 def install(kernel: Kernel, built: Path, manifest: dict, *, strip: bool = True,
             signing: tuple[str, str] | None = None,
             log: Callable[[str], None] = lambda line: None,
@@ -102,6 +113,7 @@ def install(kernel: Kernel, built: Path, manifest: dict, *, strip: bool = True,
     target = kernel.nvkmd_dir
     parent = target.parent
     stage = parent / f".nvkmd-stage-{os.getpid()}"
+    _refuse_links_out(kernel)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(stage, ignore_errors=True)

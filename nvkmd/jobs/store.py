@@ -16,15 +16,21 @@ rescan queues again.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Iterable
 
+import structlog
+
 from nvkmd.detect.plan import ActiveJob, PastJob
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.model import JobInfo
 from nvkmd.system.kernels import release_key
+
+log = structlog.get_logger()
 
 SCHEMA_VERSION = 1
 MAX_ATTEMPTS = 8
@@ -105,20 +111,70 @@ class JobStore:
     def __init__(self, path: Path, clock=time.time):
         self.path = path
         self.clock = clock
+        # Set when a damaged database was moved aside: the queue starts
+        # empty and the first (full) rescan rebuilds it from the system.
+        self.moved_aside: Path | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=10)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            self.db = self._open()
+        except _Damaged as e:
+            self.moved_aside = self._move_aside(e.reason)
+            try:
+                self.db = self._open()
+            except _Damaged as again:
+                raise NvkmdError(ErrorCode.INTERNAL, f"job database {path}: {again.reason}") from None
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        if os.path.lexists(path) and not path.is_file():
+            raise _Damaged("not a regular file")
+        db = None
+        try:
+            db = sqlite3.connect(str(path), isolation_level=None, timeout=10)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise _Damaged(f"damaged ({check})")
+            db.executescript(_SCHEMA)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise NvkmdError(ErrorCode.INTERNAL, f"{path}: written by a newer nvkmd "
                                  f"(schema {version} > {SCHEMA_VERSION})")
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return db
         except sqlite3.DatabaseError as e:
-            raise NvkmdError(ErrorCode.INTERNAL, f"job database {path}: {e}") from None
+            if db is not None:
+                db.close()
+            if isinstance(e, sqlite3.OperationalError) and _transient(e):
+                raise _full_or_internal(path, e) from None
+            raise _Damaged(str(e)) from None
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+
+    def _move_aside(self, reason: str) -> Path:
+        """``nvkmd.sqlite3.corrupt-<time>`` (with its -wal and -shm files)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))
+        dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while os.path.lexists(dest):
+            n += 1
+            dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        try:
+            os.rename(self.path, dest)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if os.path.lexists(side):
+                    os.rename(side, dest.with_name(dest.name + suffix))
+        except OSError as e:
+            raise NvkmdError(ErrorCode.INTERNAL, f"job database {self.path} is unusable ({reason}) "
+                             f"and cannot be moved aside: {e.strerror}") from None
+        log.error("job database unusable; moved aside, starting with an empty queue and a "
+                  "full rescan", database=str(self.path), reason=reason, moved_to=str(dest))
+        return dest
 
     def _tx(self):
         return _Transaction(self.db)
@@ -247,6 +303,27 @@ class JobStore:
         return [_info(r) for r in self.db.execute("SELECT * FROM jobs ORDER BY id")]
 
 
+class _Damaged(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _transient(e: sqlite3.OperationalError) -> bool:
+    """Errors that say nothing about the file's content: never a reason to
+    move a database aside (another process holds it, the disk is full)."""
+    text = str(e).lower()
+    return any(w in text for w in ("locked", "busy", "full", "disk i/o", "readonly", "read-only"))
+
+
+def _full_or_internal(path: Path, e: sqlite3.Error) -> NvkmdError:
+    text = str(e).lower()
+    if "full" in text:
+        return NvkmdError(ErrorCode.DISK_FULL, f"job database {path}: no space left on device "
+                          f"(the state directory {path.parent} is full)")
+    return NvkmdError(ErrorCode.INTERNAL, f"job database {path}: {e}")
+
+
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; nests."""
 
@@ -257,12 +334,29 @@ class _Transaction:
     def __enter__(self) -> None:
         self.outer = not self.db.in_transaction
         if self.outer:
-            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise _full_or_internal(Path(self.path()), e) from None
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def path(self) -> str:
+        row = self.db.execute("PRAGMA database_list").fetchone()
+        return row[2] if row else "nvkmd.sqlite3"
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
         if not self.outer:
-            return
+            return False
         if exc_type is None:
-            self.db.execute("COMMIT")
-        else:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                raise _full_or_internal(Path(self.path()), e) from None
+            return False
+        with contextlib.suppress(sqlite3.Error):
             self.db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError):
+            # "database or disk is full" is a cause a person can act on.
+            raise _full_or_internal(Path(self.path()), exc) from None
+        return False

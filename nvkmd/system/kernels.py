@@ -9,6 +9,8 @@ import shutil
 from functools import cached_property
 from pathlib import Path
 
+import structlog
+
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.limits import RELEASE_RE, check_release
 from nvkmd.paths import Paths
@@ -211,6 +213,36 @@ def list_kernels(paths: Paths, include_leftovers: bool = False) -> list[Kernel]:
         except OSError:
             continue
         for e in entries:
-            if e.is_dir() and RELEASE_RE.match(e.name) and (include_leftovers or not is_leftover(e)):
+            if e.is_dir() and _usable(paths, e) and (include_leftovers or not is_leftover(e)):
                 releases.add(e.name)
     return [Kernel(paths, r) for r in sorted(releases, key=release_key, reverse=True)]
+
+
+# Reported once per daemon: a stray directory is seen by every rescan.
+_reported: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: Path, why: str) -> None:
+    if (str(path), why) not in _reported:
+        _reported.add((str(path), why))
+        structlog.get_logger().warning("skipping a directory in the modules directory",
+                                       path=str(path), reason=why)
+
+
+def _usable(paths: Paths, d: Path) -> bool:
+    """A kernel directory nvkmd may act on: a name that is a kernel release
+    (never one with "..": it ends up in paths nvkmd writes), and not a
+    symlink leading out of the modules directories (nvkmd installs there)."""
+    try:
+        check_release(d.name)
+    except NvkmdError:
+        if not d.name.startswith("."):       # ours (.nvkmd-handover-*) and hidden ones
+            _warn_once(d, "not a kernel release name")
+        return False
+    if d.is_symlink():
+        target = d.resolve()
+        homes = [m.resolve() for m in paths.modules_dirs if m.is_dir()]
+        if not any(target.is_relative_to(h) for h in homes):
+            _warn_once(d, f"a symlink to {target}, outside the modules directories")
+            return False
+    return True

@@ -1,0 +1,188 @@
+"""Bad data in, daemon stays up (issue 12): a corrupt queue database, a
+stray directory under /lib/modules, a full state directory, symlinks out
+of the root."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import need_kernels, run_nvkmd
+from nvkmd.errors import ErrorCode, NvkmdError
+from nvkmd.install.modules import InstallError, install
+from nvkmd.jobs.store import JobStore
+from nvkmd.paths import Paths
+from nvkmd.system.kernels import Kernel, list_kernels
+
+STRAY = "6.1.0-47-amd64..evil"
+
+
+def _state(root) -> Path:
+    return root.path / "var" / "lib" / "nvkmd"
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "a directory"])
+def test_a_corrupt_database_is_moved_aside_and_the_queue_rebuilt(root, nvkmd_daemon, damage):
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    root.add_tiny_source()
+    db = _state(root) / "nvkmd.sqlite3"
+    db.parent.mkdir(parents=True)
+    if damage == "random bytes":
+        junk = os.urandom(64 * 1024)
+        db.write_bytes(junk)
+    else:
+        db.mkdir()
+        (db / "something").write_text("x")
+    d = nvkmd_daemon(root)
+    d.wait_ready()          # the test reads the database: only once it is a database
+    job = d.wait_job(k, "succeeded", timeout=180)
+    assert job["reason"]                      # queued by the full rescan, not by hand
+    aside = sorted(_state(root).glob("nvkmd.sqlite3.corrupt-*"))
+    assert len(aside) == 1
+    if damage == "random bytes":
+        assert aside[0].read_bytes() == junk
+    else:
+        assert (aside[0] / "something").read_text() == "x"
+    d.wait_log(r"job database unusable; moved aside")
+    assert d.alive()
+
+
+def test_the_store_keeps_a_database_it_cannot_judge(tmp_path):
+    """Moved aside only when the content is bad: a newer schema is an error."""
+    db = tmp_path / "nvkmd.sqlite3"
+    s = JobStore(db)
+    s.db.execute("PRAGMA user_version=99")
+    s.close()
+    with pytest.raises(NvkmdError, match="written by a newer nvkmd"):
+        JobStore(db)
+    assert db.exists() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+@pytest.fixture
+def tiny_tmpfs():
+    mounts: list[Path] = []
+
+    def mount(where: Path, size: str = "256k") -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                        str(where)], check=True)
+        mounts.append(where)
+        return where
+    yield mount
+    for m in reversed(mounts):
+        subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def test_a_full_state_dir_is_reported_with_its_cause(tmp_path, tiny_tmpfs):
+    state = tiny_tmpfs(tmp_path / "state")
+    store = JobStore(state / "nvkmd.sqlite3")
+    subprocess.run(["dd", "if=/dev/zero", f"of={state}/filler", "bs=4k"], capture_output=True)
+    with pytest.raises(NvkmdError) as e:
+        for i in range(2000):
+            store.enqueue(f"6.1.0-{i}-amd64", "9.9.1", reason="x" * 2000)
+    assert e.value.code is ErrorCode.DISK_FULL
+    assert f"the state directory {state} is full" in e.value.message
+    assert not list(state.glob("*.corrupt-*"))
+
+
+# -- a stray directory under /lib/modules ------------------------------------------
+
+def test_a_stray_kernel_dir_is_skipped_by_once(root):
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    (root.modules / STRAY).mkdir()
+    root.add_tiny_source()
+    proc = run_nvkmd("--once", "--root", str(root.path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{k}: success" in proc.stdout
+    assert STRAY not in proc.stdout
+
+
+def test_the_daemon_keeps_building_with_a_stray_kernel_dir(root, nvkmd_daemon):
+    old, new = need_kernels(2)[-2:]
+    root.add_kernel(old)
+    (root.modules / STRAY).mkdir()
+    (root.modules / STRAY / "kernel").mkdir()
+    root.add_tiny_source()
+    d = nvkmd_daemon(root)
+    first = d.wait_job(old, "succeeded", timeout=180)
+    # A while with it present: every reload is a full rescan (the start made one).
+    for i in range(3):
+        d.signal(signal.SIGHUP)
+        d.wait_log(r"event='full rescan'", count=i + 2)
+    root.add_kernel(new)
+    d.wait_job(new, "succeeded", timeout=180, after=first["id"])
+    text = d.log_text()
+    assert text.count("skipping a directory in the modules directory") == 1, text
+    assert STRAY in text and "not a kernel release name" in text
+    assert d.alive()
+
+
+# -- symlinks out of the root ----------------------------------------------------------
+
+def test_a_kernel_dir_linked_out_of_the_root_is_not_a_kernel(root, tmp_path):
+    k = need_kernels(1)[-1]
+    elsewhere = tmp_path / "elsewhere" / k
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "kernel").mkdir()
+    (root.modules / k).symlink_to(elsewhere)
+    root.add_kernel("6.1.0-1-amd64", headers=False)
+    (root.modules / "6.1.0-1-amd64" / "kernel").mkdir()
+    paths = Paths.build(root.path)
+    assert [x.release for x in list_kernels(paths)] == ["6.1.0-1-amd64"]
+
+
+def test_updates_linked_out_of_the_kernel_dir_is_refused(root, tmp_path):
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root.modules / k / "updates").symlink_to(outside)
+    built = tmp_path / "built"
+    built.mkdir()
+    with pytest.raises(InstallError, match=f"updates is a symlink to {outside}, outside"):
+        install(Kernel(Paths.build(root.path), k), built, {})
+    assert list(outside.iterdir()) == []
+
+
+# -- a build's descendants that start a session of their own ----------------------------
+
+def _with_tag(tag: str) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if tag in (p / "cmdline").read_bytes().decode(errors="replace"):
+                    out.append(int(p.name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.mark.parametrize("how", ["timeout", "success"])
+def test_setsid_descendants_do_not_outlive_the_build(root, how):
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    tree = root.add_tiny_source()
+    tag = "8675309.75" if how == "timeout" else "8675309.76"
+    # A recipe that leaves a sleeper in a session of its own, detached from
+    # make's output, and (for the timeout) then hangs itself.
+    conftest = tree / "kernel-open" / "conftest.sh"
+    rest = f"exec sleep {tag}\n" if how == "timeout" else conftest.read_text()
+    conftest.write_text(f"#!/bin/sh\nsetsid sleep {tag} </dev/null >/dev/null 2>&1 &\n" + rest)
+    root.configure(root.config_text + "[build]\ntimeout_s = 6\n")
+    try:
+        proc = run_nvkmd("--once", "--root", str(root.path))
+        if how == "timeout":
+            assert proc.returncode == 1 and f"{k}: failed: the build timed out" in proc.stdout
+        else:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert _with_tag(tag) == []
+    finally:
+        for pid in _with_tag(tag):
+            os.kill(pid, signal.SIGKILL)
