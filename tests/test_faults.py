@@ -110,6 +110,7 @@ def test_the_daemon_keeps_building_with_a_stray_kernel_dir(root, nvkmd_daemon):
     (root.modules / STRAY / "kernel").mkdir()
     root.add_tiny_source()
     d = nvkmd_daemon(root)
+    d.wait_ready()
     first = d.wait_job(old, "succeeded", timeout=180)
     # A while with it present: every reload is a full rescan (the start made one).
     for i in range(3):
@@ -186,3 +187,24 @@ def test_setsid_descendants_do_not_outlive_the_build(root, how):
     finally:
         for pid in _with_tag(tag):
             os.kill(pid, signal.SIGKILL)
+
+
+# -- a build log has a size cap ------------------------------------------------------------
+
+def test_a_noisy_build_log_is_capped_and_its_first_error_still_found(root):
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    tree = root.add_tiny_source()
+    (tree / "kernel-open" / "conftest.sh").write_text(
+        "#!/bin/sh\necho 'conftest.c:1:1: error: the first problem'\n"
+        "yes 'noise noise noise noise noise noise noise noise' | head -c 3000000\n"
+        "echo 'the very last line'\nexit 1\n")
+    root.configure(root.config_text + "[logs]\nmax_mib = 1\n")
+    proc = run_nvkmd("--once", "--root", str(root.path))
+    assert proc.returncode == 1
+    assert "error: conftest.c:1:1: error: the first problem" in proc.stdout, proc.stdout
+    log = root.path / "var/log/nvkmd" / k / "latest.log"
+    assert log.stat().st_size < (1 << 20) + 64 * 1024
+    text = log.read_text()
+    assert "nvkmd: log truncated at 1 MiB (logs.max_mib)" in text
+    assert "the very last line" in text and "# result: failed" in text

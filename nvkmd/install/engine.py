@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from nvkmd.build import diagnose
+from nvkmd.build import diagnose, procs
 from nvkmd.build.cache import ProductCache
 from nvkmd.build.diagnose import Diagnosis
 from nvkmd.build.kbuild import make_vars, prepare_tree, run_make
@@ -180,7 +180,8 @@ class Engine:
             on_progress(Progress("prepare", 0))
             await asyncio.to_thread(prepare_tree, source, build_dir)
             rc = await run_make(kernel, source, build_dir, self.jobs, self.config.build_timeout_s,
-                                log.write, on_progress)
+                                log.write, on_progress,
+                                procs.Registry(self.paths.state_dir / dkms_backend.BUILDS_SUBDIR))
             if rc != 0:
                 raise NvkmdError(ErrorCode.BUILD_FAILED, f"make exited with status {rc}")
             if self.config.build_cache_keep > 0:
