@@ -43,10 +43,22 @@ def test_kill9_during_builds_then_restart(root, nvkmd_daemon):
     seen: set[Path] = set()
     kills, attempts, minor = 0, 0, 1
     killed_jobs: list[int] = []
+    # (job id, attempts) of every build the loop aimed at: each start counts an attempt.
+    started: set[tuple[int, int]] = set()
+
+    def new_build():
+        gone = d.exited()
+        for j in d.jobs_for(k):
+            if j["state"] == "running" and (j["id"], j["attempts"]) not in started:
+                return j
+        if gone:
+            raise AssertionError(gone)
+        return None
     while kills < KILLS:
         attempts += 1
         assert attempts <= 2 * KILLS, "builds kept finishing before the kill"
-        d.wait_log(r"event='build started'", timeout=120)
+        build = wait_for(new_build, 120, "a build to start")
+        started.add((build["id"], build["attempts"]))
 
         def this_build() -> Path | None:
             # latest.log moves to the new build's log when it opens.
@@ -84,8 +96,9 @@ def test_kill9_during_builds_then_restart(root, nvkmd_daemon):
         assert job["state"] == "running"
         kills += 1
         killed_jobs.append(job["id"])
-        # The restarted daemon resumes this very job.
-        d.wait_log(rf"event='build started' kernel='{k}' job={job['id']} ")
+        # The restarted daemon resumes this very job: started once more.
+        resumed = wait_for(new_build, 120, f"job {job['id']} to start again")
+        assert resumed["id"] == job["id"] and resumed["attempts"] == job["attempts"] + 1
     version = f"9.9.{minor}"
     done = d.wait_job(k, "succeeded", version=version, timeout=180)
     assert done["id"] == killed_jobs[-1]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import installed_version
+from daemon_helpers import NotifySocket, installed_version
 from helpers import need_kernels, wait_for
 from nvkmd.system import pkgdb
 from nvkmd.paths import Paths
@@ -70,8 +70,20 @@ def open_gate(root: Path, proc: subprocess.Popen) -> float:
     return released
 
 
-def waiting_for(d, manager: str) -> None:
-    d.wait_log(rf"event='waiting for package manager' locks='{manager} lock ")
+@pytest.fixture
+def notify(tmp_path):
+    """A real sd_notify socket for the daemon: its STATUS= line (what
+    ``systemctl status nvkmd`` shows) names the lock it waits for."""
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+def waiting_for(sock: NotifySocket, lock: str) -> str:
+    """The daemon's STATUS= line once it says it waits for ``lock``..."""
+    want = f"waiting for {lock}"
+    return wait_for(lambda: next((s for s in sock.assignments("STATUS") if s.startswith(want)), None),
+                    60, f"STATUS={want}...")
 
 
 def headers_link_package(top: Path, kernel: str) -> Path:
@@ -96,7 +108,8 @@ def _deb_for(kernel: str, tmp_path: Path) -> Path:
     return found[-1]
 
 
-def test_dpkg_installing_real_headers_builds_after_the_transaction(root, nvkmd_daemon, tmp_path):
+def test_dpkg_installing_real_headers_builds_after_the_transaction(root, nvkmd_daemon, tmp_path,
+                                                                  notify):
     k = need_kernels(1)[-1]
     deb = _deb_for(k, tmp_path)
     _tiny(root)
@@ -110,7 +123,7 @@ def test_dpkg_installing_real_headers_builds_after_the_transaction(root, nvkmd_d
     for kb in glob.glob("/usr/lib/linux-kbuild-*"):
         os.symlink(kb, root.path / "usr" / "lib" / os.path.basename(kb))
 
-    d = nvkmd_daemon(root)
+    d = nvkmd_daemon(root, env={"NOTIFY_SOCKET": str(notify.path)})
     d.wait_ready()
     # Be apt: hold lock-frontend for the whole run and tell dpkg so.
     fd = os.open(admin / "lock-frontend", os.O_RDWR | os.O_CREAT, 0o640)
@@ -123,8 +136,7 @@ def test_dpkg_installing_real_headers_builds_after_the_transaction(root, nvkmd_d
         assert (root.modules / k / "build").is_symlink()
         # dpkg returned with no build inside it; the daemon saw the kernel
         # and waits for the frontend lock this "apt" still holds.
-        d.wait_log(rf"event='waiting for package manager' locks='dpkg lock {admin}/lock-frontend "
-                   rf"\(pid {os.getpid()}\)'")
+        waiting_for(notify, f"dpkg lock {admin}/lock-frontend (pid {os.getpid()})")
         assert d.jobs() == []
         assert not root.nvkmd_dir(k).exists()
         released = time.time()
@@ -139,7 +151,7 @@ def test_dpkg_installing_real_headers_builds_after_the_transaction(root, nvkmd_d
     assert d.stop() == 0
 
 
-def test_pacman_install_is_waited_for(root, nvkmd_daemon, tmp_path):
+def test_pacman_install_is_waited_for(root, nvkmd_daemon, tmp_path, notify):
     k = need_kernels(1)[-1]
     _tiny(root)
     install_shell(root.path)
@@ -155,14 +167,14 @@ def test_pacman_install_is_waited_for(root, nvkmd_daemon, tmp_path):
     subprocess.run(["tar", "--zstd", "-cf", str(archive), ".PKGINFO", ".INSTALL", "lib"], cwd=pkg,
                    check=True)
 
-    d = nvkmd_daemon(root)
+    d = nvkmd_daemon(root, env={"NOTIFY_SOCKET": str(notify.path)})
     d.wait_ready()
     proc = subprocess.Popen(["pacman", "-U", "--noconfirm", "--root", str(root.path), "--dbpath",
                              str(db), "--cachedir", str(root.path / "var/cache/pacman/pkg"),
                              "--logfile", str(root.path / "var/log/pacman.log"), str(archive)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        waiting_for(d, "pacman")
+        waiting_for(notify, "pacman lock ")
         assert (db / "db.lck").exists() and proc.poll() is None
         assert d.jobs() == []
         released = open_gate(root.path, proc)
@@ -179,7 +191,7 @@ def test_pacman_install_is_waited_for(root, nvkmd_daemon, tmp_path):
     assert d.stop() == 0
 
 
-def test_rpm_install_is_waited_for(root, nvkmd_daemon, tmp_path):
+def test_rpm_install_is_waited_for(root, nvkmd_daemon, tmp_path, notify):
     k = need_kernels(1)[-1]
     _tiny(root)
     install_shell(root.path)
@@ -210,12 +222,12 @@ read go < /nvkmd-gate
     subprocess.run([*rpm, "--initdb"], check=True)
     lock = root.path / "var" / "lib" / "rpm" / ".rpm.lock"
 
-    d = nvkmd_daemon(root)
+    d = nvkmd_daemon(root, env={"NOTIFY_SOCKET": str(notify.path)})
     d.wait_ready()
     proc = subprocess.Popen([*rpm, "-i", "--nodeps", str(package)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        d.wait_log(rf"event='waiting for package manager' locks='rpm lock {lock} \(pid {proc.pid}\)'")
+        waiting_for(notify, f"rpm lock {lock} (pid {proc.pid})")
         assert proc.poll() is None and d.jobs() == []
         released = open_gate(root.path, proc)
         out, _ = proc.communicate(timeout=120)
