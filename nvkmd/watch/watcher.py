@@ -41,6 +41,10 @@ MASKS = {
     "rpm": _DIR_EVENTS | _M.IN_CLOSE_WRITE,
     "src": _DIR_EVENTS | _M.IN_CLOSE_WRITE | _M.IN_ATTRIB,
     "source": _DIR_EVENTS | _M.IN_CLOSE_WRITE | _M.IN_ATTRIB,
+    # The preflight's triggers: `apt update` renames new lists into place and
+    # closes its lock file; `pacman -Sy` writes the sync databases.
+    "apt-lists": _M.IN_MOVED_TO | _M.IN_DELETE | _M.IN_CLOSE_WRITE,
+    "pacman-sync": _M.IN_MOVED_TO | _M.IN_CLOSE_WRITE,
 }
 
 _FLAGS = (
