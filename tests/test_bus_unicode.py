@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from dbus_helpers import BusDaemon, PrivateBus, owner
-from helpers import TestRoot, need_kernels
+from helpers import TestRoot as Root, need_kernels
 from nvkmd import api
 
 LOG_LINE = "nv.c:1:2: error: ‘nv_foo’ undeclared (first use in this function) – voilà"
@@ -24,7 +24,7 @@ LOG_LINE = "nv.c:1:2: error: ‘nv_foo’ undeclared (first use in this function
 def served(tmp_path_factory):
     k = need_kernels(1)[-1]
     base = tmp_path_factory.mktemp("unicode")
-    root = TestRoot(base / "root")
+    root = Root(base / "root")
     root.add_tiny_source()
     root.add_kernel(k, headers=False)
     logs = root.path / "var/log/nvkmd" / k
