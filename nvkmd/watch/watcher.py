@@ -45,6 +45,9 @@ MASKS = {
     # closes its lock file; `pacman -Sy` writes the sync databases.
     "apt-lists": _M.IN_MOVED_TO | _M.IN_DELETE | _M.IN_CLOSE_WRITE,
     "pacman-sync": _M.IN_MOVED_TO | _M.IN_CLOSE_WRITE,
+    # The boot loader's files (grubenv, grub.cfg, /etc/default/grub,
+    # loader.conf, BLS entries): rewritten in place or renamed into place.
+    "boot": _M.IN_CLOSE_WRITE | _M.IN_MOVED_TO | _M.IN_MOVED_FROM | _M.IN_DELETE,
 }
 
 _FLAGS = (
