@@ -27,21 +27,32 @@ import structlog
 
 from nvkmd.detect.plan import ActiveJob, PastJob
 from nvkmd.errors import ErrorCode, NvkmdError
-from nvkmd.model import JobInfo
+from nvkmd.limits import MAX_FINISHED_JOBS
+from nvkmd.model import ACTIVE_JOB_STATES, JOB_STATES, JobInfo
 from nvkmd.system.kernels import release_key
 
 log = structlog.get_logger()
 
 SCHEMA_VERSION = 1
 MAX_ATTEMPTS = 8
-KEEP_HISTORY = 1000
+# As many finished jobs as a client may ask ListJobs for.
+KEEP_HISTORY = MAX_FINISHED_JOBS
 
-_SCHEMA = """
+
+
+def _sql_set(states: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{state}'" for state in states) + ")"
+
+
+# model's job states as SQL, e.g. "('queued', 'running')" for the active ones.
+_ACTIVE = _sql_set(ACTIVE_JOB_STATES)
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kernel TEXT NOT NULL,
     source_version TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    state TEXT NOT NULL CHECK (state IN {_sql_set(JOB_STATES)}),
     force INTEGER NOT NULL DEFAULT 0,
     reason TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -56,11 +67,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     build_key TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active ON jobs (kernel, source_version)
-    WHERE state IN ('queued', 'running');
+    WHERE state IN {_ACTIVE};
 CREATE INDEX IF NOT EXISTS jobs_by_pair ON jobs (kernel, source_version, id);
 """
 
-ACTIVE = ("queued", "running")
 FINISHED_STATE = {"success": "succeeded", "failed": "failed", "cancelled": "cancelled"}
 
 
@@ -204,8 +214,8 @@ class JobStore:
                     self.db.execute("UPDATE jobs SET state='queued', force=1, started_at=0 "
                                     "WHERE id=?", (row["id"],))
                     requeued.append(row["id"])
-            self.db.execute("DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND id <= "
-                            "(SELECT id FROM jobs WHERE state NOT IN ('queued', 'running') "
+            self.db.execute(f"DELETE FROM jobs WHERE state NOT IN {_ACTIVE} AND id <= "
+                            f"(SELECT id FROM jobs WHERE state NOT IN {_ACTIVE} "
                             "ORDER BY id DESC LIMIT 1 OFFSET ?)", (KEEP_HISTORY,))
         return requeued, failed
 
@@ -235,7 +245,7 @@ class JobStore:
 
     def _active_row(self, kernel: str, source_version: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM jobs WHERE kernel=? AND source_version=? AND "
-                               "state IN ('queued', 'running')", (kernel, source_version)).fetchone()
+                               f"state IN {_ACTIVE}", (kernel, source_version)).fetchone()
 
     def get(self, job_id: int) -> JobInfo:
         return _info(self._row(job_id))
@@ -245,7 +255,7 @@ class JobStore:
 
     def active(self) -> list[JobInfo]:
         return [_info(r) for r in self.db.execute(
-            "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY id")]
+            f"SELECT * FROM jobs WHERE state IN {_ACTIVE} ORDER BY id")]
 
     def active_pairs(self) -> list[ActiveJob]:
         return [ActiveJob(j.id, j.kernel, j.source_version, j.state == "running") for j in self.active()]
@@ -272,7 +282,7 @@ class JobStore:
         with self._tx():
             self.db.execute(
                 "UPDATE jobs SET state=?, result=?, finished_at=?, cause=?, hint=?, kind=?, log=?, "
-                "build_key=? WHERE id=? AND state IN ('queued', 'running')",
+                f"build_key=? WHERE id=? AND state IN {_ACTIVE}",
                 (state, result, self.clock(), cause, hint, kind, log, build_key, job_id))
             return _info(self._row(job_id))
 
@@ -282,20 +292,20 @@ class JobStore:
         out: dict[tuple[str, str], PastJob] = {}
         for row in self.db.execute(
                 "SELECT kernel, source_version, result, build_key FROM jobs "
-                "WHERE state NOT IN ('queued', 'running') ORDER BY id"):
+                f"WHERE state NOT IN {_ACTIVE} ORDER BY id"):
             out[(row["kernel"], row["source_version"])] = PastJob(row["result"], row["build_key"])
         return out
 
     def last_finished(self) -> dict[str, tuple[JobInfo, str, str]]:
         """kernel -> (its newest finished job that ran, diagnosis kind, build key)."""
         out: dict[str, tuple[JobInfo, str, str]] = {}
-        for row in self.db.execute("SELECT * FROM jobs WHERE state NOT IN ('queued', 'running') "
+        for row in self.db.execute(f"SELECT * FROM jobs WHERE state NOT IN {_ACTIVE} "
                                    "AND started_at > 0 ORDER BY id"):
             out[row["kernel"]] = (_info(row), row["kind"], row["build_key"])
         return out
 
     def finished(self, limit: int) -> list[JobInfo]:
-        rows = self.db.execute("SELECT * FROM jobs WHERE state NOT IN ('queued', 'running') "
+        rows = self.db.execute(f"SELECT * FROM jobs WHERE state NOT IN {_ACTIVE} "
                                "ORDER BY id DESC LIMIT ?", (max(0, limit),)).fetchall()
         return [_info(r) for r in reversed(rows)]
 
