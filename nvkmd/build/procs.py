@@ -27,6 +27,7 @@ from pathlib import Path
 from nvkmd.paths import PROC
 
 BUILD_ENV = "NVKMD_BUILD"
+BUILDS_SUBDIR = "builds"      # the Registry's records, in the state dir
 
 
 def new_token() -> str:

@@ -24,6 +24,7 @@ from typing import Callable
 
 import structlog
 
+from nvkmd.build import procs
 from nvkmd.build.reaper import reap_orphan_builds
 from nvkmd.config import Config
 from nvkmd.daemon.builder import Builder
@@ -57,7 +58,7 @@ class Core(Requests):
     async def start(self) -> None:
         """Open the queue, recover from a crash, scan once."""
         sh = self.shared
-        await asyncio.to_thread(reap_orphan_builds, sh.paths.build_root, sh.paths.proc)
+        await asyncio.to_thread(reap_orphan_builds, sh.paths.state_dir / procs.BUILDS_SUBDIR)
         # Opened on the loop's thread, which is the only one that uses it.
         sh.store = store = JobStore(sh.paths.database)
         requeued, given_up = store.recover()

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from nvkmd import __version__
+from nvkmd.api import parse_bus
 from nvkmd.config import Config, ConfigError
 from nvkmd.errors import EXIT_CONFIG, ErrorCode, NvkmdError
 from nvkmd.paths import Paths
 from nvkmd.system import trust
+
+
+def _bus_arg(value: str) -> str:
+    """Checked while the arguments are parsed, before any start-up work."""
+    if value == "none":
+        return value
+    try:
+        parse_bus(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -18,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 "built for every installed kernel.")
     p.add_argument("--root", default="/", help="root of the system to manage (default /)")
     p.add_argument("--config", help="configuration file (default <root>/etc/nvkmd/nvkmd.toml)")
-    p.add_argument("--bus", default="system",
+    p.add_argument("--bus", default="system", type=_bus_arg,
                    help="D-Bus to serve on: system, session, none or an address (default system)")
     p.add_argument("--once", action="store_true",
                    help="build every kernel whose module is missing or stale, then exit")
@@ -53,8 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.once:
             from nvkmd.daemon.once import run_once
             return asyncio.run(run_once(paths, config, args.kernel, args.force))
+        from nvkmd.daemon import instance
         from nvkmd.daemon.service import run_daemon
-        return run_daemon(paths, config, args)
+        try:
+            lock = instance.hold(paths)      # before anything else the daemon does
+        except instance.AlreadyRunning as e:
+            logsetup.fatal(e.message)
+            return 1
+        try:
+            return run_daemon(paths, config, args)
+        finally:
+            os.close(lock)
     except NvkmdError as e:
         logsetup.fatal(str(e))
         return 1

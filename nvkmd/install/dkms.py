@@ -38,7 +38,6 @@ from nvkmd.system.kernels import NVKMD_SUBDIR, Kernel
 from nvkmd.system.source import Source
 
 TAIL_INTERVAL_S = 0.2
-BUILDS_SUBDIR = "builds"      # procs.Registry's records, in the state dir
 
 
 class DkmsBackend:
@@ -168,7 +167,7 @@ class DkmsBackend:
         stale = _inode(make_log)
         cmd = ["dkms", "build", *spec, "--verbose"]
         log.write("$ " + " ".join(cmd))
-        registry = procs.Registry(self.paths.state_dir / BUILDS_SUBDIR)
+        registry = procs.Registry(self.paths.state_dir / procs.BUILDS_SUBDIR)
         proc, token = await start_build(cmd, None, registry)
         try:
             return await self._supervise(proc, token, make_log, stale, line_in, log)

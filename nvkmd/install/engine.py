@@ -181,7 +181,7 @@ class Engine:
             await asyncio.to_thread(prepare_tree, source, build_dir)
             rc = await run_make(kernel, source, build_dir, self.jobs, self.config.build_timeout_s,
                                 log.write, on_progress,
-                                procs.Registry(self.paths.state_dir / dkms_backend.BUILDS_SUBDIR))
+                                procs.Registry(self.paths.state_dir / procs.BUILDS_SUBDIR))
             if rc != 0:
                 raise NvkmdError(ErrorCode.BUILD_FAILED, f"make exited with status {rc}")
             if self.config.build_cache_keep > 0:
