@@ -120,3 +120,24 @@ def test_field_mapping():
             for lv in ("error", "exception")} == {"3"}
     assert logsetup.journal_fields({"event": "e", "level": "critical"})["PRIORITY"] == "2"
     assert logsetup.journal_fields({"event": "e", "level": "debug"})["PRIORITY"] == "7"
+
+
+def test_a_traceback_is_in_the_message_and_its_own_field():
+    fields = logsetup.journal_fields({"event": "crashed: ValueError: x", "level": "error",
+                                      "exception": "Traceback (most recent call last):\n  ..."})
+    assert fields["PRIORITY"] == "3"
+    assert fields["MESSAGE"] == "crashed: ValueError: x\nTraceback (most recent call last):\n  ..."
+    assert fields["NVKMD_EXCEPTION"].startswith("Traceback")
+    assert "NVKMD_LEVEL" not in fields and "NVKMD_EVENT" in fields
+
+
+def test_journal_stream_must_be_this_very_stderr(tmp_path, monkeypatch):
+    import socket
+    a, b = socket.socketpair()
+    with a, b, open(tmp_path / "f", "w") as other:
+        st = os.fstat(a.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert logsetup.under_journald(a.makefile("w"))
+        assert not logsetup.under_journald(other)
+        monkeypatch.setenv("JOURNAL_STREAM", "garbage")
+        assert not logsetup.under_journald(a.makefile("w"))
