@@ -9,11 +9,11 @@ connects, calls, and prints text or JSON; failures are NvkmdError, which
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import sys
 from typing import Any
 
+from nvkmd.cli import argtypes
 from nvkmd.cli.common import client, glyphs, interactive, out, print_json, watch_connection
 from nvkmd.errors import EXIT_FAILED, EXIT_OK, ErrorCode, NvkmdError
 
@@ -41,7 +41,7 @@ async def cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def setup_jobs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", "--finished", type=int, default=20, metavar="N",
+    p.add_argument("-n", "--finished", type=argtypes.finished, default=20, metavar="N",
                    help="also show the N most recently finished jobs (default 20)")
 
 
@@ -57,7 +57,7 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def setup_build(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-k", "--kernel", default="", metavar="K",
+    p.add_argument("-k", "--kernel", default="", metavar="K", type=argtypes.kernel,
                    help="only this kernel release (default: every kernel that needs it)")
     p.add_argument("-f", "--force", action="store_true", help="rebuild even if the module is current")
     p.add_argument("-w", "--wait", action="store_true",
@@ -65,6 +65,7 @@ def setup_build(p: argparse.ArgumentParser) -> None:
 
 
 async def cmd_build(args: argparse.Namespace) -> int:
+    import asyncio    # not at module level: wait-ready's fast path imports this module
     from nvkmd.cli.render import finished_text, progress_bar
     from nvkmd.model import FINISHED_JOB_STATES, JobFinished, JobProgress
     finished: dict[int, JobFinished] = {}
@@ -134,7 +135,7 @@ async def cmd_build(args: argparse.Namespace) -> int:
 
 
 def setup_cancel(p: argparse.ArgumentParser) -> None:
-    p.add_argument("id", type=int, help="the job id (see `nvkmctl jobs`)")
+    p.add_argument("id", type=argtypes.job_id, help="the job id (see `nvkmctl jobs`)")
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
@@ -148,15 +149,17 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def setup_logs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-k", "--kernel", default="", metavar="K", help="the latest log of this kernel")
-    p.add_argument("-j", "--job", type=int, default=0, metavar="ID", help="the log of this job")
-    p.add_argument("-t", "--tail", type=int, default=50, metavar="N",
+    p.add_argument("-k", "--kernel", default="", metavar="K", type=argtypes.kernel,
+                   help="the latest log of this kernel")
+    p.add_argument("-j", "--job", type=argtypes.log_job_id, default=0, metavar="ID", help="the log of this job")
+    p.add_argument("-t", "--tail", type=argtypes.lines, default=50, metavar="N",
                    help="show the last N lines (default 50)")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing the log as it grows, until its build ends")
 
 
 async def cmd_logs(args: argparse.Namespace) -> int:
+    import asyncio
     if args.tail < 0:
         raise NvkmdError(ErrorCode.INVALID_ARGUMENT, f"--tail must not be negative: {args.tail}")
     async with await client(args) as c:
@@ -190,6 +193,7 @@ async def _follow(path: str, tail: int, ended: asyncio.Event, as_json: bool) -> 
     """Print the last ``tail`` lines of ``path``, then what is appended,
     until the build writing it ends (its "# result:" trailer, or the
     daemon's JobFinished for this log)."""
+    import asyncio
     import json
     try:
         f = open(path, "rb")
@@ -238,7 +242,7 @@ async def _follow(path: str, tail: int, ended: asyncio.Event, as_json: bool) -> 
 
 
 def setup_cleanup(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keep", type=int, default=2, metavar="N",
+    p.add_argument("--keep", type=argtypes.keep, default=2, metavar="N",
                    help="keep the N most recent kernels, plus the running one (default 2)")
     p.add_argument("--execute", action="store_true",
                    help="really remove; without it, only show what would be removed")

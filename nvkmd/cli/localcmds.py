@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nvkmd.cli import argtypes
 from nvkmd.cli.common import client, interactive, out, print_json
 from nvkmd.errors import EXIT_OK, ErrorCode, NvkmdError, exit_status
 
@@ -44,7 +45,8 @@ def setup_source(p: argparse.ArgumentParser) -> None:
     update = sub.add_parser("update", parents=[as_json], help="check out the newest tag and rebuild every kernel")
     update.add_argument("--no-build", action="store_true", help="update without queueing builds")
     sync = sub.add_parser("sync", parents=[as_json], help="rebuild every kernel (or -k K) from the current checkout")
-    sync.add_argument("-k", "--kernel", default="", metavar="K", help="only this kernel release")
+    sync.add_argument("-k", "--kernel", default="", metavar="K", type=argtypes.kernel,
+                      help="only this kernel release")
     sync.add_argument("-f", "--force", action="store_true", help="rebuild even if current")
 
 

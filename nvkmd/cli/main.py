@@ -26,6 +26,7 @@ import sys
 from typing import Any, Callable
 
 from nvkmd import __version__
+from nvkmd.cli import argtypes
 from nvkmd.cli.common import print_json
 from nvkmd.cli.daemoncmds import (
     cmd_build,
@@ -104,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
         prog="nvkmctl", description="Control and inspect nvkmd, the daemon that keeps NVIDIA's "
         "open kernel modules built for every kernel.",
         epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bus", default="system", metavar="system|session|ADDRESS",
+    p.add_argument("--bus", default="system", metavar="system|session|ADDRESS", type=argtypes.bus,
                    help="the D-Bus nvkmd is on (default system)")
     p.add_argument("--root", default="/", metavar="DIR",
                    help="root of the system for checks nvkmctl makes itself (default /)")
@@ -136,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         except (AttributeError, ValueError):
             pass
     args = parser().parse_args(argv)          # usage errors exit 2 here
+    if sys.stdout is None:
+        # Started with standard output closed (`nvkmctl status >&-`).
+        print("nvkmctl: standard output is closed; nothing to print the answer to",
+              file=sys.stderr)
+        return EXIT_FAILED
     try:
         result = _resolve(args.run)(args)
         if inspect.iscoroutine(result):
