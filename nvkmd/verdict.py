@@ -83,3 +83,11 @@ def worst(results: list[PreflightResult]) -> int:
         if s in statuses:
             return s
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PreflightFinished:
+    """The core's event for the bus signal of that name: ``request_id`` 0 is
+    the daemon's own background preflight, one result per signal."""
+    request_id: int
+    results: tuple[dict[str, Any], ...]
