@@ -29,6 +29,7 @@ ACTION_BUILD = "io.github.nvkmd.build"
 ACTION_CANCEL = "io.github.nvkmd.cancel"
 ACTION_CLEANUP = "io.github.nvkmd.cleanup"
 ACTION_RESCAN = "io.github.nvkmd.rescan"
+ACTION_PREFLIGHT = "io.github.nvkmd.preflight"
 
 
 # Standard D-Bus errors a client can meet on the way, and what they mean to us.
@@ -118,6 +119,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # execute=true it removes modules and needs ACTION_CLEANUP.
     Method("Cleanup", (("keep", "u"), ("execute", "b")), (("paths", "as"),), ACTION_CLEANUP),
     Method("Rescan", (), (), ACTION_RESCAN),
+    # Test-build the driver for a kernel that is not installed; the results
+    # arrive in PreflightFinished with the returned request id.
+    Method("Preflight", (("target", "s"),), (("request_id", "t"),), ACTION_PREFLIGHT),
+    Method("GetCandidates", (), (("candidates", "aa{sv}"),)),
 )}
 
 PROPERTIES: dict[str, Property] = {p.name: p for p in (
@@ -133,6 +138,7 @@ SIGNALS: dict[str, Signal] = {s.name: s for s in (
     Signal("JobProgress", (("job_id", "t"), ("kernel", "s"), ("phase", "s"), ("percent", "u"))),
     Signal("JobFinished", (("job_id", "t"), ("kernel", "s"), ("result", "s"), ("cause", "s"),
                            ("hint", "s"), ("log", "s"))),
+    Signal("PreflightFinished", (("request_id", "t"), ("results", "aa{sv}"))),
 )}
 
 # JobProgress signals and Progress property changes: at most this many a second.
