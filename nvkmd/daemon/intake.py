@@ -40,6 +40,10 @@ class Intake:
         # The watcher, attached by the daemon (duck-typed: the core does not
         # import pyinotify): .update(spec) and .add(path, tag, recursive).
         self.watcher = None
+        # Other parts' directories and their events, by tag (the preflights'
+        # apt lists and pacman sync databases): merged into every update.
+        self.extra_watches: Callable[[], dict] = dict
+        self.tag_handlers: dict[str, Callable[[WatchEvent], None]] = {}
         self._poked = asyncio.Event()          # the scanner has something to look at
         self.settled = asyncio.Event()         # no scan pending or running
         self._lock_changed = asyncio.Event()   # a package manager's lock file closed
@@ -63,6 +67,10 @@ class Intake:
             log.warning("inotify queue overflowed; events were lost, rescanning everything")
             self.poke(full=True)
             return
+        handler = self.tag_handlers.get(ev.tag)
+        if handler is not None:
+            handler(ev)
+            return
         if lock_event(ev):
             self._lock_changed.set()
         if ev.tag == "modules" and "isdir" in ev.flags and ev.flags & {"create", "moved_to"}:
@@ -79,7 +87,7 @@ class Intake:
 
     def _update_watches(self, spec: dict) -> None:
         if self.watcher is not None:
-            self.watcher.update(spec)
+            self.watcher.update({**spec, **self.extra_watches()})
 
     def poke(self, *, full: bool = False, now: bool = False) -> None:
         """Look again: after the debouncer's quiet time, or ``now``."""
