@@ -17,6 +17,7 @@ from nvkmd import __version__
 from nvkmd.build.log import latest_log, tail
 from nvkmd.daemon.builder import REQUESTED, Builder
 from nvkmd.daemon.intake import Intake
+from nvkmd.daemon.preflights import Preflights
 from nvkmd.daemon.state import Shared
 from nvkmd.errors import ErrorCode, NvkmdError, invalid
 from nvkmd.install import cleanup as modcleanup
@@ -63,6 +64,7 @@ class Requests:
     shared: Shared
     intake: Intake
     builder: Builder
+    preflights: Preflights
 
     def subscribe(self, callback) -> None:
         self.shared.subscribe(callback)
@@ -213,3 +215,11 @@ class Requests:
 
     def rescan(self) -> None:
         self.intake.poke(full=True, now=True)
+
+    def preflight(self, target: str) -> int:
+        """Queue a preflight (TARGET "" = every candidate); its results come
+        with PreflightFinished under the returned id."""
+        return self.preflights.request(target)
+
+    def candidates(self) -> list[dict]:
+        return self.preflights.status()
