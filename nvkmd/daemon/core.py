@@ -29,10 +29,13 @@ from nvkmd.build.reaper import reap_orphan_builds
 from nvkmd.config import Config
 from nvkmd.daemon.builder import Builder
 from nvkmd.daemon.intake import Intake
+from nvkmd.daemon.preflights import APT_LISTS_TAG, PACMAN_SYNC_TAG, Preflights
 from nvkmd.daemon.requests import Requests
 from nvkmd.daemon.state import Shared
 from nvkmd.jobs.store import JobStore
+from nvkmd.model import JobFinished, JobQueued
 from nvkmd.paths import Paths
+from nvkmd.verdict import PreflightFinished
 
 log = structlog.get_logger()
 
@@ -44,6 +47,17 @@ class Core(Requests):
         self.critical_hooks: list[Callable[[bool], None]] = []
         self.intake = Intake(self.shared, lambda job_id, cause: self.builder.drop_running(job_id, cause))
         self.builder = Builder(self.shared, self.intake, self.critical_hooks)
+        # Kernels the next upgrade would install, test-built behind real builds.
+        sh = self.shared
+        self.preflights = Preflights(
+            sh.paths, sh.config, source=lambda: sh.snapshot.source_obj if sh.snapshot else None,
+            build_needed=lambda: bool(sh.store and sh.store.active()),
+            emit=lambda rid, results: sh.emit(PreflightFinished(rid, tuple(r.to_dict() for r in results))))
+        self.intake.extra_watches = self.preflights.watch_spec
+        for tag in (APT_LISTS_TAG, PACMAN_SYNC_TAG):
+            self.intake.tag_handlers[tag] = self.preflights.on_watch_event
+        sh.subscribe(lambda ev: self.preflights.builds_changed()
+                     if isinstance(ev, (JobQueued, JobFinished)) else None)
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -77,6 +91,7 @@ class Core(Requests):
         """Start the scanner and the builder; returns their tasks."""
         self._tasks = [asyncio.create_task(self.intake.run(), name="nvkmd-scanner"),
                        asyncio.create_task(self.builder.run(), name="nvkmd-builder")]
+        self.preflights.start()
         return self._tasks
 
     async def stop(self, grace_s: float = 30.0) -> None:
@@ -94,6 +109,7 @@ class Core(Requests):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self.intake.close()
+        await self.preflights.stop()
         if sh.store:
             with contextlib.suppress(Exception):
                 sh.store.close()
@@ -109,6 +125,7 @@ class Core(Requests):
         sh.config = config
         self.builder.reload()
         self.intake.reload()
+        self.preflights.configure(config)
         log.info("configuration reloaded", file=str(sh.paths.config_file))
         self.rescan()
 
