@@ -23,6 +23,7 @@ from nvkmd.bus import introspect, wire
 from nvkmd.bus.auth import Authorizer
 from nvkmd.bus.throttle import PropertyState, Throttle
 from nvkmd.errors import ErrorCode, NvkmdError, invalid
+from nvkmd.verdict import PreflightFinished
 from nvkmd.model import (
     CoreAPI,
     Event,
@@ -66,6 +67,8 @@ def _needs_auth(method: api.Method, args: list[Any]) -> bool:
 
 _WHAT = {"Build": "build modules", "Cancel": "cancel a job", "Cleanup": "remove modules",
          "Rescan": "ask for a rescan"}
+
+_WHAT["Preflight"] = "test-build the NVIDIA modules for a kernel that is not installed"
 
 
 def _percent(p: Any) -> int:
@@ -233,6 +236,12 @@ class ManagerService:
         self.core.rescan()
         return []
 
+    def _do_Preflight(self, target: str) -> list:
+        return [self.core.preflight(target)]
+
+    def _do_GetCandidates(self) -> list:
+        return [[wire.variant(c).value for c in self.core.candidates()]]
+
     # -- properties -----------------------------------------------------------
     def _prop_variant(self, name: str, value: Any = None) -> Variant:
         value = self.props.current[name] if value is None else value
@@ -303,6 +312,9 @@ class ManagerService:
                 timer.cancel()
             self._signal("JobFinished", [int(event.job_id), event.kernel, event.result,
                                          event.cause, event.hint, str(event.log)])
+        elif isinstance(event, PreflightFinished):
+            self._signal("PreflightFinished", [int(event.request_id),
+                                               [wire.variant(r).value for r in event.results]])
         elif isinstance(event, StateChanged):
             self._set_props({"State": event.state, "CurrentJob": int(event.current_job),
                              "Progress": (event.phase, _percent(event.percent)),
