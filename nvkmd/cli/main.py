@@ -44,6 +44,7 @@ from nvkmd.cli.daemoncmds import (
     setup_logs,
 )
 from nvkmd.cli.localcmds import setup_fix, setup_source
+from nvkmd.cli.preflightcmd import setup_preflight
 from nvkmd.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NvkmdError, exit_status
 
 EXIT_HELP = """\
@@ -54,6 +55,7 @@ exit status:
   3  the daemon is unreachable (not running, or no bus)
   4  access denied (polkit, or without polkit not root)
   5  wait-ready: the build did not finish within --timeout
+  preflight: 0 ready, 1 will break, 6 could not tell (a download failed, ...)
 """
 
 
@@ -87,6 +89,9 @@ COMMANDS: list[Command] = [
     Command("cleanup", "remove modules of old kernels; a dry run unless --execute "
             "(--execute is privileged)", setup_cleanup, cmd_cleanup),
     Command("rescan", "look at kernels and driver sources again now (privileged)", _none, cmd_rescan),
+    Command("preflight", "would the driver build for a kernel that is not installed yet? "
+            "(privileged; exit 0 ready, 1 will break, 6 could not tell)",
+            setup_preflight, "nvkmd.cli.preflightcmd:cmd_preflight"),
     # Files only when the module is there; D-Bus only when it is not (waitready.py, waiter.py).
     Command("wait-ready", "wait until the running kernel (or -k K) has its NVIDIA module, "
             "building it if needed", setup_wait_ready, "nvkmd.cli.waitready:cmd_wait_ready"),
