@@ -20,7 +20,7 @@ from nvkmd.daemon.state import Shared, given
 from nvkmd.detect.diff import Change, diff
 from nvkmd.detect.plan import plan
 from nvkmd.detect.scan import scan, watch_spec
-from nvkmd.errors import NvkmdError
+from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.inspect.versions import driver_info
 from nvkmd.model import JobFinished, JobQueued
 from nvkmd.system import pkgdb
@@ -28,6 +28,15 @@ from nvkmd.watch.debounce import Debouncer
 from nvkmd.watch.events import WatchEvent, lock_event, relevant
 
 log = structlog.get_logger()
+
+# Rescan (D-Bus) answers within this, well inside a client's call timeout.
+RESCAN_WAIT_S = 60.0
+
+
+def _settle(waiters: list[asyncio.Future], error: BaseException | None) -> None:
+    for f in waiters:
+        if not f.done():
+            f.set_exception(error) if error is not None else f.set_result(None)
 
 
 class Intake:
@@ -45,6 +54,7 @@ class Intake:
         self.extra_watches: Callable[[], dict] = dict
         self.tag_handlers: dict[str, Callable[[WatchEvent], None]] = {}
         self._poked = asyncio.Event()          # the scanner has something to look at
+        self._scan_waiters: list[asyncio.Future] = []     # rescan_now()'s callers
         self.settled = asyncio.Event()         # no scan pending or running
         self._lock_changed = asyncio.Event()   # a package manager's lock file closed
         self._lock_wait: asyncio.Task | None = None
@@ -112,15 +122,38 @@ class Intake:
                 self._poked.clear()
                 continue
             full = self.debouncer.take()
+            # Whoever asked before this round learns how it went.
+            waiters, self._scan_waiters = self._scan_waiters, []
             try:
                 await self.wait_for_package_managers()
             except NvkmdError as e:
                 log.error("giving up on this round", reason=e.message)
+                _settle(waiters, NvkmdError(e.code, f"rescan not done: {e.message}"))
                 continue
             try:
                 await self.rescan(bool(full))
-            except Exception:
+            except Exception as e:
                 log.exception("rescan failed")
+                _settle(waiters, e if isinstance(e, NvkmdError) else
+                        NvkmdError(ErrorCode.INTERNAL, f"rescan failed: {type(e).__name__}: {e} "
+                                   "(see the daemon's journal)"))
+            else:
+                _settle(waiters, None)
+
+    async def rescan_now(self, wait_s: float = RESCAN_WAIT_S) -> None:
+        """A full rescan now; returns once it is done, raises if it failed
+        (NvkmdError), or Busy after ``wait_s`` (a package manager's
+        transaction holds it back; it runs when the lock goes)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._scan_waiters.append(fut)
+        self.poke(full=True, now=True)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), wait_s)
+        except asyncio.TimeoutError:
+            held = self.shared.waiting_for
+            raise NvkmdError(ErrorCode.BUSY, f"the rescan has not run within {wait_s:g}s"
+                             + (f": waiting for {held}" if held else "")
+                             + "; it runs as soon as it can") from None
 
     async def rescan(self, full: bool) -> None:
         sh = self.shared

@@ -216,6 +216,10 @@ class Requests:
     def rescan(self) -> None:
         self.intake.poke(full=True, now=True)
 
+    async def rescan_and_wait(self) -> None:
+        """Rescan (D-Bus): a full rescan, reported as done only once it is."""
+        await self.intake.rescan_now()
+
     def preflight(self, target: str) -> int:
         """Queue a preflight (TARGET "" = every candidate); its results come
         with PreflightFinished under the returned id."""
