@@ -30,6 +30,8 @@ ACTION_CANCEL = "io.github.nvkmd.cancel"
 ACTION_CLEANUP = "io.github.nvkmd.cleanup"
 ACTION_RESCAN = "io.github.nvkmd.rescan"
 ACTION_PREFLIGHT = "io.github.nvkmd.preflight"
+ACTION_BOOT_TRY = "io.github.nvkmd.boot-try"
+ACTION_BOOT_GUARD = "io.github.nvkmd.boot-guard"
 
 
 # Standard D-Bus errors a client can meet on the way, and what they mean to us.
@@ -123,6 +125,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # arrive in PreflightFinished with the returned request id.
     Method("Preflight", (("target", "s"),), (("request_id", "t"),), ACTION_PREFLIGHT),
     Method("GetCandidates", (), (("candidates", "aa{sv}"),)),
+    Method("BootTry", (("kernel", "s"),), (("message", "s"),), ACTION_BOOT_TRY),
+    Method("SetBootGuard", (("mode", "s"),), (("message", "s"),), ACTION_BOOT_GUARD),
 )}
 
 PROPERTIES: dict[str, Property] = {p.name: p for p in (
@@ -131,6 +135,7 @@ PROPERTIES: dict[str, Property] = {p.name: p for p in (
     Property("CurrentJob", "t"),
     Property("Progress", "(su)"),
     Property("SourceVersion", "s"),
+    Property("NextBoot", "a{sv}"),
 )}
 
 SIGNALS: dict[str, Signal] = {s.name: s for s in (

@@ -133,13 +133,17 @@ class DaemonStatus(Record):
     kernels: list[KernelStatus]
     jobs: list[JobInfo]
     driver: DriverInfo = DriverInfo()
+    next_boot: NextBoot | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"daemon": {"version": self.version, "state": self.state},
-                "source": _asdict(self.source),
-                "kernels": [k.to_dict() for k in self.kernels],
-                "jobs": [j.to_dict() for j in self.jobs],
-                "driver": _asdict(self.driver)}
+        d = {"daemon": {"version": self.version, "state": self.state},
+             "source": _asdict(self.source),
+             "kernels": [k.to_dict() for k in self.kernels],
+             "jobs": [j.to_dict() for j in self.jobs],
+             "driver": _asdict(self.driver)}
+        if self.next_boot is not None:
+            d["next_boot"] = self.next_boot.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DaemonStatus":
@@ -148,7 +152,80 @@ class DaemonStatus(Record):
                    source=SourceInfo.from_dict(d.get("source", {})),
                    kernels=[KernelStatus.from_dict(k) for k in d.get("kernels", [])],
                    jobs=[JobInfo.from_dict(j) for j in d.get("jobs", [])],
-                   driver=DriverInfo.from_dict(d.get("driver", {})))
+                   driver=DriverInfo.from_dict(d.get("driver", {})),
+                   next_boot=NextBoot.from_dict(d["next_boot"]) if d.get("next_boot") else None)
+
+
+# -- the next boot -------------------------------------------------------------
+
+# Why the kernel that boots next has no ready module ("" when it has one).
+NEXT_BOOT_REASONS = ("", "failed", "unsupported", "building", "queued", "waiting-for-headers",
+                     "missing", "unknown")
+
+
+@dataclasses.dataclass(frozen=True)
+class NextBoot(Record):
+    """One answer to "will my next boot have a working NVIDIA driver?"."""
+    kernel: str                 # the release the boot loader starts next, "" if not knowable
+    ready: bool                 # its module is installed and current
+    reason: str                 # one of NEXT_BOOT_REASONS
+    detail: str                 # e.g. "build failed: <cause>", "building: 40%"
+    cause: str = ""             # the build's diagnosed cause (failed, unsupported)
+    percent: int = 0            # while building
+    loader: str = ""            # grub | systemd-boot | unknown
+    source: str = ""            # where the boot loader's choice was read
+    one_shot: bool = False      # that choice holds for the next boot only
+    guess: bool = False         # no boot loader was read: newest first
+    note: str = ""              # something odd about the boot loader's setting
+    guard: str = "warn"         # boot.guard: off | warn | pin
+    guard_note: str = ""        # what the guard did last, or why it did nothing
+    pinned: str = ""            # the kernel the guard pinned the default to, "" if none
+    undo: str = ""              # how to undo that pin by hand
+
+    def line(self, dash: str = "—") -> str:
+        """`nvkmctl status`'s first line."""
+        if not self.kernel:
+            return f"Next boot: unknown {dash} {self.detail}"
+        guess = " (a guess: newest first)" if self.guess else ""
+        once = " (once)" if self.one_shot else ""
+        state = "ready" if self.ready else f"NOT READY: {self.detail}"
+        return f"Next boot: {self.kernel}{guess}{once} {dash} {state}"
+
+
+def next_boot_of(kernel: str, kernels: list[KernelStatus], guess: bool = False,
+                 **about: Any) -> NextBoot:
+    """Pure: the next boot's readiness from the kernels' states.  ``about``:
+    the other NextBoot fields (loader, source, one_shot, note, guard, ...)."""
+    by = {k.release: k for k in kernels}
+    if not kernel:
+        return NextBoot("", False, "unknown", "which kernel boots next cannot be known",
+                        guess=guess, **about)
+    k = by.get(kernel)
+    if k is None:
+        return NextBoot(kernel, False, "unknown", f"the boot loader starts {kernel}, which is "
+                        "not an installed kernel", guess=guess, **about)
+    if guess and any(o.state != "ready" for o in kernels):
+        # Which kernel boots is not known, and not all of them are ready.
+        return NextBoot(kernel, False, "unknown", f"the boot loader was not recognised, and not "
+                        f"every kernel has a ready module ({kernel}: {k.state})", guess=True, **about)
+    cause = k.last_build.cause if k.last_build else ""
+    if k.state == "ready":
+        return NextBoot(kernel, True, "", "ready", guess=guess, **about)
+    if k.state == "failed":
+        detail = f"build failed: {cause}" if cause else "build failed"
+    elif k.state == "unsupported":
+        detail = f"unsupported: {cause}" if cause else "this driver does not support it"
+    elif k.state == "building":
+        detail = f"building: {k.percent}%"
+    elif k.state == "queued":
+        detail = "queued for a build"
+    elif k.state == "waiting-for-headers":
+        detail = "waiting for headers" + (f" (install {k.headers_package})" if k.headers_package else "")
+    else:
+        detail = "no module built for it"
+    return NextBoot(kernel, False, k.state if k.state in NEXT_BOOT_REASONS else "missing", detail,
+                    cause=cause if k.state in ("failed", "unsupported") else "",
+                    percent=k.percent if k.state == "building" else 0, guess=guess, **about)
 
 
 # -- events the core emits (the D-Bus adapter turns them into signals) ------
@@ -187,7 +264,13 @@ class StateChanged:
     source_version: str
 
 
-Event = JobQueued | JobProgress | JobFinished | StateChanged
+@dataclasses.dataclass(frozen=True)
+class NextBootChanged:
+    """The next boot's kernel, its readiness or the guard's doing changed."""
+    next_boot: NextBoot
+
+
+Event = JobQueued | JobProgress | JobFinished | StateChanged | NextBootChanged
 
 
 class CoreAPI(Protocol):
@@ -204,6 +287,9 @@ class CoreAPI(Protocol):
     def get_log(self, job_id: int, kernel: str, lines: int) -> tuple[str, list[str]]: ...
     def cleanup(self, keep: int, execute: bool) -> list[str]: ...
     def rescan(self) -> None: ...
+    def next_boot(self) -> NextBoot: ...
+    async def boot_try(self, kernel: str) -> str: ...  # a one-shot boot of a ready kernel
+    def set_boot_guard(self, mode: str) -> str: ...   # "" = back to the configuration's
 
 
 from typing import Callable  # noqa: E402  (used in the Protocol's string annotation)

@@ -212,6 +212,11 @@ class Paths:
         return self.state_dir / "bootguard.json"
 
     @property
+    def bootguard_mode(self) -> Path:
+        """boot.guard as SetBootGuard chose it, over the configuration's."""
+        return self.state_dir / "bootguard-mode"
+
+    @property
     def library_dirs(self) -> list[Path]:
         return [self.at(p) for p in ("usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu",
                                       "usr/lib64", "usr/lib")]

@@ -25,7 +25,9 @@ from nvkmd.agent.rules import (
     boot_notice,
     build_slot,
     failure_notice,
+    next_boot_of,
     progress_notice,
+    ready_fallback,
     success_notice,
     unseen_failures,
 )
@@ -38,6 +40,7 @@ from nvkmd.model import (
     JobFinished,
     JobProgress,
     JobQueued,
+    NextBootChanged,
     StateChanged,
 )
 
@@ -59,6 +62,7 @@ class Agent:
         self.daemon_state = ""
         self.boot: Notice | None = None             # the boot warning wanted up
         self.boot_dismissed: Notice | None = None
+        self.next_kernel = ""                       # what the boot loader starts next
         self._refresh_queued = False
         self._viewers: set[asyncio.Task] = set()
 
@@ -142,7 +146,11 @@ class Agent:
         elif isinstance(ev, JobProgress):
             if self.config.progress and self.gate.allow(ev.kernel, ev.phase, ev.percent,
                                                         time.monotonic()):
-                await self.screen.show(progress_notice(ev.kernel, ev.phase, ev.percent))
+                await self.screen.show(progress_notice(ev.kernel, ev.phase, ev.percent,
+                                                       ev.kernel == self.next_kernel))
+        elif isinstance(ev, NextBootChanged):
+            if (ev.next_boot.kernel, ev.next_boot.ready) != (self.next_kernel, self.boot is None):
+                self._request_refresh()
         elif isinstance(ev, JobFinished):
             await self._finished(ev)
             self._request_refresh()
@@ -185,12 +193,15 @@ class Agent:
         # the daemon going away), never here: the status can be newer than
         # the signals still queued behind this refresh, and the result must
         # replace the progress in place, not follow a close.
+        nk = next_boot_of(st)
+        self.next_kernel = nk.release if nk else ""
         failures = unseen_failures(st, self.seen.keys)
         if self.config.progress:
             for k, j in running.items():
                 if build_slot(k) not in self.screen.shown and \
                         self.gate.allow(k, j.phase, j.percent, time.monotonic()):
-                    await self.screen.show(progress_notice(k, j.phase, j.percent))
+                    await self.screen.show(progress_notice(k, j.phase, j.percent,
+                                                           k == self.next_kernel))
         for n in failures:
             await self.screen.show(n)
             self.screen.release(n.slot)
@@ -198,7 +209,7 @@ class Agent:
 
     async def _boot(self, st: DaemonStatus) -> None:
         k = boot_at_risk(st, self.boot.kernel if self.boot else "")
-        want = boot_notice(k) if k else None
+        want = boot_notice(k, ready_fallback(st, k.release)) if k else None
         if want == self.boot:
             return
         self.boot = want
@@ -206,6 +217,11 @@ class Agent:
             log.info("the next boot has a working NVIDIA module again")
             self.boot_dismissed = None
             await self.screen.close(BOOT_SLOT)
+        elif want.seen_key in self.seen.keys:
+            # Once for each (kernel, cause): it was shown before, maybe by
+            # an earlier run of the agent.
+            log.info("the next boot would start without the NVIDIA driver (shown before)",
+                     kernel=want.kernel)
         elif want != self.boot_dismissed:
             log.warning("the next boot would start without the NVIDIA driver", kernel=want.kernel)
             await self.screen.show(want)

@@ -91,12 +91,15 @@ def success_notice(kernel: str, version: str) -> Notice:
                   urgency=LOW, icon="dialog-information", kernel=kernel)
 
 
-def progress_notice(kernel: str, phase: str, percent: int) -> Notice:
+def progress_notice(kernel: str, phase: str, percent: int, boots_next: bool = False) -> Notice:
     percent = max(0, min(100, int(percent)))
     word = PHASE_WORDS.get(phase, "Building")
+    # A reboot now would start a kernel without its module: say so where
+    # the user looks (the daemon's logind delay lock names the build too).
+    wait = f"\n{kernel} boots next: wait for this build before rebooting." if boots_next else ""
     return Notice(slot=build_slot(kernel), summary=f"Building NVIDIA modules for {kernel}",
-                  body=f"{word}: {percent}%", urgency=LOW, icon="system-run", percent=percent,
-                  kernel=kernel)
+                  body=f"{word}: {percent}%{wait}", urgency=NORMAL if boots_next else LOW,
+                  icon="system-run", percent=percent, kernel=kernel)
 
 
 def _why(k: KernelStatus) -> tuple[str, str]:
@@ -114,14 +117,18 @@ def _why(k: KernelStatus) -> tuple[str, str]:
     return "no module has been built for it", f"run: nvkmctl build {k.release}"
 
 
-def boot_notice(k: KernelStatus) -> Notice:
+def boot_notice(k: KernelStatus, fallback: str = "") -> Notice:
+    """``fallback``: an installed kernel whose module is ready, to boot once."""
     why, hint = _why(k)
     log = k.last_build.log if k.last_build and k.state in ("failed", "unsupported") else ""
+    instead = (f"Or boot {fallback} once, which has its module: nvkmctl boot try {fallback}"
+               if fallback and k.state not in ("queued", "building") else "")
+    cause = k.last_build.cause if k.last_build and log else k.state
     return Notice(slot=BOOT_SLOT, summary="Rebooting now would start without the NVIDIA driver",
                   body=lines(sentence(f"{k.release} boots next and has no working NVIDIA module: "
-                                      f"{why}"), sentence(hint)),
+                                      f"{why}"), sentence(hint), sentence(instead)),
                   urgency=CRITICAL, icon="dialog-warning", timeout_ms=0, resident=True, log=log,
-                  kernel=k.release)
+                  kernel=k.release, seen_key=f"boot:{k.release}:{cause}")
 
 
 # -- decisions -------------------------------------------------------------------
@@ -145,12 +152,26 @@ def just_built(k: KernelStatus) -> bool:
     return k.state == "missing" and k.last_build is not None and k.last_build.result == "success"
 
 
+def next_boot_of(status: DaemonStatus) -> KernelStatus | None:
+    """The kernel the boot loader starts next, as the daemon read it
+    (``status.next_boot``); the newest where it could not read one."""
+    nb = status.next_boot
+    if nb is not None and nb.kernel and not nb.guess:
+        return next((k for k in status.kernels if k.release == nb.kernel), None)
+    return next_boot(status.kernels)
+
+
+def ready_fallback(status: DaemonStatus, besides: str) -> str:
+    """The newest installed kernel with a ready module other than ``besides``."""
+    return next((k.release for k in status.kernels if k.state == "ready" and k.release != besides), "")
+
+
 def boot_at_risk(status: DaemonStatus, warned_for: str = "") -> KernelStatus | None:
     """The next-boot kernel if it has no working module.  A kernel whose
     build is queued or running is not at risk yet (the progress notification
     says nvkmd is on it) unless the warning is already up for it
     (``warned_for``): then it stays until the module is ready."""
-    k = next_boot(status.kernels)
+    k = next_boot_of(status)
     if k is None or k.state == "ready" or (just_built(k) and not status.source.error):
         return None
     if k.state in NO_MODULE or k.release == warned_for:

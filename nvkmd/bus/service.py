@@ -30,6 +30,8 @@ from nvkmd.model import (
     JobFinished,
     JobProgress,
     JobQueued,
+    NextBoot,
+    NextBootChanged,
     StateChanged,
 )
 
@@ -56,6 +58,8 @@ def validate(method: str, args: list[Any]) -> list[Any]:
         limits.job_id_arg(args[0], zero_ok=True)
         limits.kernel_arg(args[1])
         limits.lines_arg(args[2])
+    elif method == "BootTry":
+        limits.kernel_arg(args[0])
     return args
 
 
@@ -66,7 +70,8 @@ def _needs_auth(method: api.Method, args: list[Any]) -> bool:
 
 
 _WHAT = {"Build": "build modules", "Cancel": "cancel a job", "Cleanup": "remove modules",
-         "Rescan": "ask for a rescan"}
+         "Rescan": "ask for a rescan", "BootTry": "choose the kernel for the next boot",
+         "SetBootGuard": "change the boot guard"}
 
 _WHAT["Preflight"] = "test-build the NVIDIA modules for a kernel that is not installed"
 
@@ -88,7 +93,8 @@ class ManagerService:
         interval = 1.0 / api.PROGRESS_RATE_HZ
         self.progress = Throttle(interval)
         initial = {"Version": __version__, "State": "starting", "CurrentJob": 0,
-                   "Progress": ("", 0), "SourceVersion": ""}
+                   "Progress": ("", 0), "SourceVersion": "",
+                   "NextBoot": NextBoot("", False, "unknown", "the daemon is starting")}
         try:
             st = core.status()
         except NvkmdError as e:   # not ready yet: StateChanged events will fill these in
@@ -101,7 +107,10 @@ class ManagerService:
                 "Progress": (running.phase, _percent(running.percent)) if running else ("", 0),
                 "SourceVersion": st.source.version,
             })
-        self.props = PropertyState(initial, interval, throttled=frozenset({"Progress"}))
+            if st.next_boot is not None:
+                initial["NextBoot"] = st.next_boot
+        # NextBoot carries a build's percent: as rate-limited as Progress.
+        self.props = PropertyState(initial, interval, throttled=frozenset({"Progress", "NextBoot"}))
 
     def close(self) -> None:
         self._closed = True
@@ -198,6 +207,11 @@ class ManagerService:
     def _run(self, msg: Message, method: api.Method, args: list[Any]) -> None:
         try:
             body = getattr(self, "_do_" + method.name)(*args)
+            if asyncio.iscoroutine(body):     # work that must not block the loop
+                task = self.loop.create_task(self._finish(msg, method, args, body))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
         except NvkmdError as e:
             self._error(msg, e)
             return
@@ -207,6 +221,19 @@ class ManagerService:
                                         "(see the daemon's journal)"))
             return
         self._reply(msg, method.out_signature, body)
+
+    async def _finish(self, msg: Message, method: api.Method, args: list[Any], body: Any) -> None:
+        try:
+            result = await body
+        except NvkmdError as e:
+            self._error(msg, e)
+            return
+        except Exception:
+            log.exception("internal error", method=method.name, args=repr(args)[:200])
+            self._error(msg, NvkmdError(ErrorCode.INTERNAL, f"internal error in {method.name} "
+                                        "(see the daemon's journal)"))
+            return
+        self._reply(msg, method.out_signature, result)
 
     # The methods: core call in, D-Bus body out.
     def _do_GetStatus(self) -> list:
@@ -236,6 +263,12 @@ class ManagerService:
         self.core.rescan()
         return []
 
+    async def _do_BootTry(self, kernel: str) -> list:
+        return [wire.text(await self.core.boot_try(kernel))]
+
+    def _do_SetBootGuard(self, mode: str) -> list:
+        return [wire.text(self.core.set_boot_guard(mode))]
+
     def _do_Preflight(self, target: str) -> list:
         return [self.core.preflight(target)]
 
@@ -246,6 +279,8 @@ class ManagerService:
     def _prop_variant(self, name: str, value: Any = None) -> Variant:
         value = self.props.current[name] if value is None else value
         sig = api.PROPERTIES[name].signature
+        if sig == "a{sv}":
+            return Variant(sig, wire.record(value))
         return Variant(sig, list(value) if sig.startswith("(") else value)
 
     def _properties(self, msg: Message) -> None:
@@ -315,6 +350,8 @@ class ManagerService:
         elif isinstance(event, PreflightFinished):
             self._signal("PreflightFinished", [int(event.request_id),
                                                [wire.variant(r).value for r in event.results]])
+        elif isinstance(event, NextBootChanged):
+            self._set_props({"NextBoot": event.next_boot}, now)
         elif isinstance(event, StateChanged):
             self._set_props({"State": event.state, "CurrentJob": int(event.current_job),
                              "Progress": (event.phase, _percent(event.percent)),

@@ -77,4 +77,5 @@ def status(s: DaemonStatus) -> dict[str, Variant]:
         "kernels": Variant("aa{sv}", records(s.kernels)),
         "jobs": Variant("aa{sv}", records(s.jobs)),
         "driver": Variant("a{sv}", record(s.driver)),
+        **({"next_boot": Variant("a{sv}", record(s.next_boot))} if s.next_boot else {}),
     }

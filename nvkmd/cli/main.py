@@ -43,6 +43,7 @@ from nvkmd.cli.daemoncmds import (
     setup_jobs,
     setup_logs,
 )
+from nvkmd.cli.bootcmds import setup_boot
 from nvkmd.cli.localcmds import setup_fix, setup_source
 from nvkmd.cli.preflightcmd import setup_preflight
 from nvkmd.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NvkmdError, exit_status
@@ -55,6 +56,8 @@ exit status:
   3  the daemon is unreachable (not running, or no bus)
   4  access denied (polkit, or without polkit not root)
   5  wait-ready: the build did not finish within --timeout
+  next-boot: 0 the next boot's kernel has a ready module, 1 it has not,
+             2 which kernel boots next (or its state) cannot be known
   preflight: 0 ready, 1 will break, 6 could not tell (a download failed, ...)
 """
 
@@ -89,6 +92,10 @@ COMMANDS: list[Command] = [
     Command("cleanup", "remove modules of old kernels; a dry run unless --execute "
             "(--execute is privileged)", setup_cleanup, cmd_cleanup),
     Command("rescan", "look at kernels and driver sources again now (privileged)", _none, cmd_rescan),
+    Command("next-boot", "will the next boot have a ready NVIDIA module? exit 0 yes, 1 no, "
+            "2 cannot be known", _none, "nvkmd.cli.bootcmds:cmd_next_boot"),
+    Command("boot", "boot try KERNEL (once, a kernel whose module is ready), boot guard "
+            "off|warn|pin|config (privileged)", setup_boot, "nvkmd.cli.bootcmds:cmd_boot"),
     Command("preflight", "would the driver build for a kernel that is not installed yet? "
             "(privileged; exit 0 ready, 1 will break, 6 could not tell)",
             setup_preflight, "nvkmd.cli.preflightcmd:cmd_preflight"),

@@ -16,6 +16,7 @@ from nvkmd.model import (
     DriverInfo,
     JobInfo,
     KernelStatus,
+    NextBoot,
 )
 
 
@@ -90,8 +91,29 @@ def job_line(j: JobInfo) -> str:
     return line
 
 
+def next_boot_lines(nb: NextBoot, g: Glyphs = UNICODE) -> list[str]:
+    """The next boot first (its line is `status`'s first), then how it was
+    read and what the boot guard did."""
+    out = [nb.line("—" if g is UNICODE else "-")]
+    if nb.guess:
+        out.append("  no boot loader configuration was recognised: the newest kernel is assumed")
+    elif nb.loader:
+        out.append(f"  {nb.loader}: {nb.source}" + (" (for the next boot only)" if nb.one_shot else ""))
+    if nb.note:
+        out.append(f"  note: {nb.note}")
+    if nb.pinned:
+        out.append(f"  boot guard ({nb.guard}) pointed the default at {nb.pinned}; undo: {nb.undo}")
+    elif nb.guard_note:
+        out.append(f"  boot guard ({nb.guard}): {nb.guard_note}")
+    if nb.reason in ("failed", "unsupported") and not nb.pinned:
+        out.append(f"  before rebooting: `nvkmctl logs -k {nb.kernel}`, or boot a ready kernel "
+                   "once with `nvkmctl boot try <kernel>`")
+    return out
+
+
 def status_text(s: DaemonStatus, g: Glyphs = UNICODE) -> str:
-    out = _title("NVIDIA Kernel Module Status (nvkmd)", g)
+    out = next_boot_lines(s.next_boot, g) + [""] if s.next_boot else []
+    out += _title("NVIDIA Kernel Module Status (nvkmd)", g)
     out.append(f"{'Daemon:':<16}{s.state} (nvkmd {s.version})")
     src = s.source
     if src.path:

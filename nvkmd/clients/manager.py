@@ -23,6 +23,8 @@ from nvkmd.model import (
     JobProgress,
     JobQueued,
     KernelStatus,
+    NextBoot,
+    NextBootChanged,
     StateChanged,
 )
 
@@ -140,6 +142,19 @@ class Client:
     async def rescan(self, interactive: bool = False) -> None:
         await self.call("Rescan", interactive=interactive)
 
+    async def next_boot(self) -> NextBoot:
+        body = await self._raw(api.BUS_NAME, api.OBJECT_PATH, "org.freedesktop.DBus.Properties",
+                               "Get", "ss", [api.INTERFACE, "NextBoot"])
+        return NextBoot.from_dict(unwrap(body[0]))
+
+    async def boot_try(self, kernel: str, interactive: bool = False) -> str:
+        (msg,) = await self.call("BootTry", kernel, interactive=interactive)
+        return msg
+
+    async def set_boot_guard(self, mode: str, interactive: bool = False) -> str:
+        (msg,) = await self.call("SetBootGuard", mode, interactive=interactive)
+        return msg
+
     async def properties(self) -> dict[str, Any]:
         body = await self._raw(api.BUS_NAME, api.OBJECT_PATH, "org.freedesktop.DBus.Properties",
                                "GetAll", "s", [api.INTERFACE])
@@ -179,10 +194,28 @@ class Client:
         def handler(msg: Any) -> None:
             if msg.path != api.OBJECT_PATH:
                 return
-            event = self._event(msg)
-            if event is not None:
+            for event in self._events(msg):
                 callback(event)
         self.conn.on_signal(handler)
+
+    def _events(self, msg: Any) -> list[Event]:
+        """StateChanged for a change of the daemon's state properties, and
+        NextBootChanged when NextBoot changed (one PropertiesChanged may
+        carry both)."""
+        b = msg.body
+        if (msg.interface == "org.freedesktop.DBus.Properties" and msg.member == "PropertiesChanged"
+                and msg.signature == "sa{sv}as" and b[0] == api.INTERFACE):
+            changed = unwrap(b[1])
+            out: list[Event] = []
+            if "NextBoot" in changed:
+                out.append(NextBootChanged(NextBoot.from_dict(changed["NextBoot"])))
+            if set(changed) - {"NextBoot"}:
+                out.append(self._event(msg))
+            else:
+                self._props.update(changed)
+            return out
+        event = self._event(msg)
+        return [event] if event is not None else []
 
     def _event(self, msg: Any) -> Event | None:
         b = msg.body

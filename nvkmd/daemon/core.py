@@ -27,6 +27,7 @@ import structlog
 from nvkmd.build import procs
 from nvkmd.build.reaper import reap_orphan_builds
 from nvkmd.config import Config
+from nvkmd.daemon.bootwatch import BootWatch
 from nvkmd.daemon.builder import Builder
 from nvkmd.daemon.intake import Intake
 from nvkmd.daemon.preflights import APT_LISTS_TAG, PACMAN_SYNC_TAG, Preflights
@@ -58,6 +59,8 @@ class Core(Requests):
             self.intake.tag_handlers[tag] = self.preflights.on_watch_event
         sh.subscribe(lambda ev: self.preflights.builds_changed()
                      if isinstance(ev, (JobQueued, JobFinished)) else None)
+        # The next boot's readiness and the boot guard, from the events above.
+        self.boot = BootWatch(self.shared, self.kernels)
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -110,6 +113,7 @@ class Core(Requests):
                 await t
         self.intake.close()
         await self.preflights.stop()
+        self.boot.close()
         if sh.store:
             with contextlib.suppress(Exception):
                 sh.store.close()
@@ -126,6 +130,7 @@ class Core(Requests):
         self.builder.reload()
         self.intake.reload()
         self.preflights.configure(config)
+        self.boot.reload()
         log.info("configuration reloaded", file=str(sh.paths.config_file))
         self.rescan()
 

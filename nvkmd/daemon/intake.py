@@ -173,7 +173,8 @@ class Intake:
         sh.snapshot = snap
         self._refresh_driver()
         self._apply_plan(changes, initial=old is None)
-        if old is None or old.source != snap.source or old.kernels != snap.kernels:
+        if old is None or old.source != snap.source or old.kernels != snap.kernels \
+                or old.next_boot != snap.next_boot:
             # Kernels' states may have changed (a module now current): tell
             # subscribers, so the STATUS line and D-Bus properties follow.
             sh.emit_state()

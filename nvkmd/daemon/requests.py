@@ -15,6 +15,7 @@ import structlog
 
 from nvkmd import __version__
 from nvkmd.build.log import latest_log, tail
+from nvkmd.daemon.bootwatch import BootWatch
 from nvkmd.daemon.builder import REQUESTED, Builder
 from nvkmd.daemon.intake import Intake
 from nvkmd.daemon.preflights import Preflights
@@ -33,6 +34,7 @@ from nvkmd.limits import (
 from nvkmd.model import (
     DaemonStatus,
     JobFinished,
+    NextBoot,
     JobInfo,
     JobQueued,
     KernelStatus,
@@ -64,6 +66,7 @@ class Requests:
     shared: Shared
     intake: Intake
     builder: Builder
+    boot: BootWatch
     preflights: Preflights
 
     def subscribe(self, callback) -> None:
@@ -73,7 +76,8 @@ class Requests:
         sh = self.shared
         src = sh.snapshot.source if sh.snapshot else None
         info = SourceInfo(src.path, src.version, src.kind, src.error) if src else SourceInfo("", "", "")
-        return DaemonStatus(__version__, sh.state, info, self.kernels(), self.jobs(10), sh.driver)
+        return DaemonStatus(__version__, sh.state, info, self.kernels(), self.jobs(10), sh.driver,
+                            self.boot.current)
 
     def kernels(self) -> list[KernelStatus]:
         sh = self.shared
@@ -215,6 +219,20 @@ class Requests:
 
     def rescan(self) -> None:
         self.intake.poke(full=True, now=True)
+
+    def next_boot(self) -> NextBoot:
+        return self.boot.current
+
+    async def boot_try(self, kernel: str) -> str:
+        kernel = kernel_arg(kernel)
+        if not kernel:
+            raise invalid("boot try: name a kernel")
+        msg = await self.boot.boot_try(kernel)
+        self.intake.poke(now=True)        # the one-shot shows in NextBoot at once
+        return msg
+
+    def set_boot_guard(self, mode: str) -> str:
+        return self.boot.set_mode(mode)
 
     async def rescan_and_wait(self) -> None:
         """Rescan (D-Bus): a full rescan, reported as done only once it is."""
