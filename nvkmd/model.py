@@ -19,6 +19,8 @@ ORIGINS = ("nvkmd", "dkms", "distro", "manual", "none")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE_JOB_STATES = JOB_STATES[:2]
 FINISHED_JOB_STATES = JOB_STATES[2:]
+# The reason of a job a restart took up again (forced: the install is redone).
+RESUMED = "resumed after a restart"
 # Daemon state.
 DAEMON_STATES = ("starting", "idle", "waiting-for-lock", "building", "stopping")
 
@@ -100,6 +102,7 @@ class JobInfo(Record):
     cause: str = ""
     hint: str = ""
     log: str = ""
+    reason: str = ""            # why it was queued; RESUMED for one a restart took up again
 
 
 @dataclasses.dataclass(frozen=True)

@@ -208,3 +208,21 @@ def test_a_noisy_build_log_is_capped_and_its_first_error_still_found(root):
     text = log.read_text()
     assert "nvkmd: log truncated at 1 MiB (logs.max_mib)" in text
     assert "the very last line" in text and "# result: failed" in text
+
+
+# -- a job resumed after a restart says so ------------------------------------------------
+
+def test_a_resumed_job_says_resumed_not_forced(tmp_path):
+    from nvkmd.cli.render import job_line
+    store = JobStore(tmp_path / "nvkmd.sqlite3")
+    job, _ = store.enqueue("6.1.0-47-amd64", "9.9.1", reason="kernel added: 6.1.0-47-amd64")
+    store.start(job.id)
+    store.close()
+    store = JobStore(tmp_path / "nvkmd.sqlite3")      # the daemon died while it ran
+    assert store.recover() == ([job.id], [])
+    again = store.get(job.id)
+    assert again.force and again.reason == "resumed after a restart"   # the install is redone
+    line = job_line(again)
+    assert "(resumed after a restart)" in line and "forced" not in line
+    forced, _ = store.enqueue("6.1.0-56-amd64", "9.9.1", force=True, reason="requested")
+    assert "(forced)" in job_line(store.get(forced.id))

@@ -12,6 +12,7 @@ import dataclasses
 from nvkmd.model import (
     ACTIVE_JOB_STATES,
     FINISHED_JOB_STATES,
+    RESUMED,
     DaemonStatus,
     DriverInfo,
     JobInfo,
@@ -84,7 +85,9 @@ def job_line(j: JobInfo) -> str:
     line = f"  #{j.id} {j.kernel} {j.state}"
     if j.state == "running" and j.phase:
         line += f": {j.phase} {j.percent}%"
-    if j.force:
+    if j.reason == RESUMED:
+        line += f" ({RESUMED})"
+    elif j.force:
         line += " (forced)"
     if j.state == "failed" and j.cause:
         line += f": {j.cause}"

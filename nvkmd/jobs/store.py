@@ -28,7 +28,7 @@ import structlog
 from nvkmd.detect.plan import ActiveJob, PastJob
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.limits import MAX_FINISHED_JOBS
-from nvkmd.model import ACTIVE_JOB_STATES, JOB_STATES, JobInfo
+from nvkmd.model import ACTIVE_JOB_STATES, JOB_STATES, RESUMED, JobInfo
 from nvkmd.system.kernels import release_key
 
 log = structlog.get_logger()
@@ -114,7 +114,8 @@ def _info(row: sqlite3.Row) -> JobInfo:
     return JobInfo(id=row["id"], kernel=row["kernel"], source_version=row["source_version"],
                    state=row["state"], force=bool(row["force"]), queued_at=row["queued_at"],
                    started_at=row["started_at"], finished_at=row["finished_at"],
-                   result=row["result"], cause=row["cause"], hint=row["hint"], log=row["log"])
+                   result=row["result"], cause=row["cause"], hint=row["hint"], log=row["log"],
+                   reason=row["reason"])
 
 
 class JobStore:
@@ -211,8 +212,8 @@ class JobStore:
                          "the daemon died during every attempt; see its journal", row["id"]))
                     failed.append(row["id"])
                 else:
-                    self.db.execute("UPDATE jobs SET state='queued', force=1, started_at=0 "
-                                    "WHERE id=?", (row["id"],))
+                    self.db.execute("UPDATE jobs SET state='queued', force=1, started_at=0, "
+                                    "reason=? WHERE id=?", (RESUMED, row["id"]))
                     requeued.append(row["id"])
             self.db.execute(f"DELETE FROM jobs WHERE state NOT IN {_ACTIVE} AND id <= "
                             f"(SELECT id FROM jobs WHERE state NOT IN {_ACTIVE} "
@@ -271,8 +272,8 @@ class JobStore:
     def requeue(self, job_id: int) -> None:
         """Back to the queue (the daemon is stopping in the middle of it)."""
         with self._tx():
-            self.db.execute("UPDATE jobs SET state='queued', force=1, started_at=0 "
-                            "WHERE id=? AND state='running'", (job_id,))
+            self.db.execute("UPDATE jobs SET state='queued', force=1, started_at=0, reason=? "
+                            "WHERE id=? AND state='running'", (RESUMED, job_id))
 
     def finish(self, job_id: int, result: str, *, cause: str = "", hint: str = "", kind: str = "",
                log: str = "", build_key: str = "") -> JobInfo:
