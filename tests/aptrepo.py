@@ -133,3 +133,34 @@ def modules_state() -> list[tuple[str, int]]:
             p = os.path.join(dirpath, n)
             out.append((p, os.lstat(p).st_mtime_ns))
     return sorted(out)
+
+
+# Read-only in the preflight's mount namespace.  The machine is shared:
+# other work may install kernels or packages meanwhile, so "unchanged" is
+# proven by the preflight not being able to write there at all.
+READ_ONLY = ("/lib/modules", "/var/lib/dpkg")
+
+
+def isolated_preflight(root: Path, source_path: str, target: str, apt_config: Path | None = None,
+                       timeout: float = 1800) -> dict:
+    """One preflight (tests/preflight_isolated.py) under ``unshare -m`` with
+    READ_ONLY bound read-only; its result as a dict."""
+    import json
+    import sys
+    binds = " && ".join(f"mount --bind -o ro {d} {d}" for d in READ_ONLY)
+    here = Path(__file__).resolve().parent
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+           f'{binds} && exec "$@"', "sh", sys.executable, str(here / "preflight_isolated.py"),
+           str(root), source_path, target, str(apt_config or "")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          cwd=here.parent, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"{proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def kernel_packages_state() -> str:
+    """dpkg's kernel packages: a preflight installs none.  (/lib/modules as a
+    whole is not compared: other work on this shared machine adds to it;
+    the read-only mount proves the preflight did not.)"""
+    return "".join(line + "\n" for line in dpkg_state().splitlines()
+                   if line.startswith(("linux-image-", "linux-headers-", "linux-kbuild-")))

@@ -11,7 +11,6 @@ and dpkg's database are the same before and after.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
@@ -19,12 +18,10 @@ import pytest
 
 import aptrepo
 from helpers import TINY, need_kernels
-from nvkmd.build.preflight import Runner
-from nvkmd.config import Config
+from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
-from nvkmd.system import source as sources
 from nvkmd.system.candidates import Apt
-from nvkmd.verdict import READY, UNKNOWN, WILL_BREAK
+from nvkmd.verdict import READY, UNKNOWN, WILL_BREAK, PreflightResult
 
 OLD = "6.1.0-47-amd64"     # pci_resize_resource(dev, i, size)
 
@@ -51,15 +48,12 @@ def tiny_root(root, variant: bool = False) -> Path:
     return tree
 
 
-def runner(root) -> tuple[Runner, object, Paths]:
-    paths = Paths.build(root.path)
-    config = Config(source_path="/usr/src/nvidia-tiny")
-    return Runner(paths, config, Apt(), None), sources.discover(paths, config), paths
-
-
-def check(root, target):
-    r, src, _ = runner(root)
-    return asyncio.run(r.check(target, src))
+def check(root, target, apt_config=None) -> PreflightResult:
+    """One preflight with /lib/modules and dpkg's database read-only."""
+    d = aptrepo.isolated_preflight(root.path, "/usr/src/nvidia-tiny", target, apt_config)
+    if "error" in d:
+        raise NvkmdError(ErrorCode.from_name(d["error"]), d["message"])
+    return PreflightResult.from_dict(d)
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +62,13 @@ def candidate() -> str:
 
 
 @pytest.fixture
-def untouched():
-    mods, dpkg = aptrepo.modules_state(), aptrepo.dpkg_state()
+def untouched(candidate):
+    """No kernel and no kernel package appeared: the preflights ran with
+    /lib/modules and dpkg's database read-only, so they wrote nothing there."""
+    before = aptrepo.kernel_packages_state()
     yield
-    assert aptrepo.modules_state() == mods, "a preflight changed /lib/modules"
-    assert aptrepo.dpkg_state() == dpkg, "a preflight changed dpkg's database"
+    assert aptrepo.kernel_packages_state() == before
+    assert not Path("/lib/modules", candidate).exists()
 
 
 def no_leftovers(root) -> None:
@@ -127,7 +123,6 @@ def test_a_downloaded_package_file_resolves_its_common_headers(root, candidate, 
 
 
 def test_bad_targets_are_refused_clearly(root):
-    from nvkmd.errors import ErrorCode, NvkmdError
     tiny_root(root)
     for target, words in (("/nonexistent/x.deb", "no such file"),
                           ("linux-image-no-such-kernel", "no such package"),
@@ -146,9 +141,7 @@ def test_download_failure_is_could_not_tell(root, candidate, tmp_path):
     local.publish(*aptrepo.headers_debs(tmp_path / "dl", candidate))
     local.update()
     shutil.rmtree(local.repo)
-    r, src, paths = runner(root)
-    r.apt = Apt(local.config)
-    res = asyncio.run(r.check(f"linux-headers-{candidate}", src))
+    res = check(root, f"linux-headers-{candidate}", local.config)
     assert res.verdict == UNKNOWN and res.exit_status == 6, res
     assert res.cause.startswith("download failed: apt-get download"), res.cause
     assert not list(local.archives.glob("*.deb"))
