@@ -18,8 +18,8 @@ import pytest
 
 from daemon_helpers import NvkmdDaemon
 from harness import bus as harness_bus
-from harness.bus import ACTIVATION, BUSCONFIG, DBUS_DIR, has_owner, owner, run
-from harness.processes import Started, stop
+from harness.bus import ACTIVATION, BUSCONFIG, DBUS_DIR, SystemService, owner, run
+from harness.processes import Started
 from helpers import REPO, TestRoot, wait_for
 
 POLKIT_POLICY = DBUS_DIR / "io.github.nvkmd.policy"
@@ -212,19 +212,18 @@ def as_nobody(args: list[str], timeout: float = 60, python: bool = True) -> subp
 
 # -- real polkitd ---------------------------------------------------------------------
 
-class Polkitd:
-    """The real polkitd on a private bus, which it takes for the system bus
-    (DBUS_SYSTEM_BUS_ADDRESS).  It reads its actions and rules from fixed
-    directories, so it runs in its own mount namespace where private copies
-    are bind-mounted over them: the host's polkit configuration is untouched."""
+class Polkitd(SystemService):
+    """The real polkitd.  It reads its actions and rules from fixed
+    directories: in its mount namespace private copies are bind-mounted
+    over them, so the host's polkit configuration is untouched."""
+
+    what = "polkitd"
+    bus_name = "org.freedesktop.PolicyKit1"
 
     def __init__(self, bus: PrivateBus, rules: dict[str, str] | None = None):
-        self.bus = bus
         binary = next((p for p in POLKITD if p.exists()), None)
         if binary is None:
             pytest.fail("polkitd is not installed (scripts/setup installs the polkitd package)")
-        if not shutil.which("unshare"):
-            pytest.fail("unshare (util-linux) is needed to give polkitd private action files")
         self.actions = bus.dir / "polkit-actions"
         self.rules = bus.dir / "polkit-rules"
         shutil.copytree(POLKIT_ACTIONS, self.actions)
@@ -237,35 +236,14 @@ class Polkitd:
             d.chmod(0o755)
             for f in d.iterdir():
                 f.chmod(0o644)
-        self.log = bus.dir / "polkitd.log"
-        script = (f"mount --bind {self.actions} {POLKIT_ACTIONS} && "
-                  f"mount --bind {self.rules} {POLKIT_RULES} && exec {binary}")
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
-                                          "sh", "-c", script], stdout=out, stderr=subprocess.STDOUT,
-                                         env=env, stdin=subprocess.DEVNULL)
+        super().__init__(bus, binary, f"mount --bind {self.actions} {POLKIT_ACTIONS} && "
+                                      f"mount --bind {self.rules} {POLKIT_RULES}")
 
-        def up():
-            if self.proc.poll() is not None:
-                text = self.log.read_text()
-                if "Operation not permitted" in text or "ermission denied" in text:
-                    pytest.skip("this machine cannot give polkitd a private mount namespace "
-                                f"(needs CAP_SYS_ADMIN): {text.strip()[-300:]}")
-                raise AssertionError(f"polkitd exited with {self.proc.returncode}: {text}")
-            return has_owner(bus.address, "org.freedesktop.PolicyKit1")
-        wait_for(lambda: _quiet(up), 30, "polkitd to own org.freedesktop.PolicyKit1")
-
-    def stop(self) -> None:
-        stop(self.proc)
-
-
-def _quiet(fn: Callable[[], Any]) -> Any:
-    from nvkmd.errors import NvkmdError
-    try:
-        return fn()
-    except NvkmdError:
-        return None
+    def exited(self, text: str) -> None:
+        if "Operation not permitted" in text or "ermission denied" in text:
+            pytest.skip("this machine cannot give polkitd a private mount namespace "
+                        f"(needs CAP_SYS_ADMIN): {text.strip()[-300:]}")
+        super().exited(text)
 
 
 # -- a served test root ----------------------------------------------------------------
@@ -291,13 +269,12 @@ class Served:
         return e.value
 
     def status(self):
-        return run(self.address, lambda c: c.status())
+        return self.daemon.status()
 
     def wait_ready(self, timeout: float = 120):
-        def ready():
-            s = self.status()
-            return s if s.kernels and all(k.state == "ready" for k in s.kernels) else None
-        return wait_for(ready, timeout, "every kernel to be ready")
+        return self.daemon.wait_status(
+            lambda s: s.kernels and all(k.state == "ready" for k in s.kernels),
+            "every kernel to be ready", timeout)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+
+# Run as a script from tests/, which is therefore on sys.path.
+from harness.waiting import wait_for
 
 JOURNALD = "/lib/systemd/systemd-journald"
 
@@ -33,14 +35,7 @@ def journal(*args: str) -> list[dict]:
 
 
 def wait(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"journald_driver: timed out waiting for {what}")
-        time.sleep(0.05)
+    return wait_for(cond, timeout, f"{what} (journald_driver)", error=SystemExit)
 
 
 def main() -> None:

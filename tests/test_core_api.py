@@ -6,27 +6,16 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import time
 
 import pytest
 
+from harness.waiting import until
 from helpers import need_kernels
 from nvkmd.config import Config
 from nvkmd.daemon.core import Core
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.model import JobFinished, JobProgress, JobQueued, StateChanged
 from nvkmd.paths import Paths
-
-
-async def until(cond, timeout: float = 120, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def make_core(root) -> Core:

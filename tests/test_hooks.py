@@ -39,6 +39,8 @@ def run_traced(cmd: list[str], tmp: Path, env: dict[str, str]) -> tuple[subproce
 
 
 def requests(daemon) -> int:
+    """Rescan calls the daemon accepted: a call without a reply leaves no
+    trace but the daemon's record of privileged calls."""
     return daemon.log_text(True).count("method='Rescan'")
 
 
@@ -50,7 +52,7 @@ def served(root, bus, bus_daemon):
     root.add_tiny_source()
     assert run_nvkmd("--once", "--root", str(root.path)).returncode == 0
     daemon = bus_daemon(root, bus, env={"NVKMD_RUNNING_KERNEL": k})
-    daemon.wait_log(r"event='rescan done'")
+    daemon.wait_kernel(k, "ready")
     return k, bus, daemon
 
 

@@ -5,6 +5,7 @@ permissive session bus; and calls to it from synchronous code."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import tempfile
@@ -13,6 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from harness.processes import stop
 from harness.roots import REPO
+from harness.waiting import wait_for
 
 DBUS_DIR = REPO / "dbus"
 BUSCONFIG = DBUS_DIR / "io.github.nvkmd.conf"
@@ -149,3 +151,41 @@ def call(address: str, dest: str, path: str, iface: str, member: str, signature:
 def has_owner(address: str, name: str) -> bool:
     from nvkmd.dbusconn import DBUS
     return call(address, *DBUS, "NameHasOwner", "s", [name])[0]
+
+
+class SystemService:
+    """A real system service (polkitd, logind) on a private bus, which it
+    takes for the system bus (DBUS_SYSTEM_BUS_ADDRESS), in its own mount
+    namespace: ``setup`` (shell) mounts private copies over the host's
+    files there, then ``binary`` runs.  Up once it owns ``bus_name``."""
+
+    what = "the service"
+    bus_name = ""
+
+    def __init__(self, bus: PrivateBus, binary: Path, setup: str, env: dict[str, str] | None = None):
+        if not shutil.which("unshare"):
+            raise AssertionError(f"unshare (util-linux) is needed to run {self.what} in a private "
+                                 "mount namespace (scripts/setup installs it)")
+        self.bus = bus
+        self.log = bus.dir / f"{binary.name}.log"
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address, **(env or {}))
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
+                                          "sh", "-c", f"{setup} && exec {binary}"], stdout=out,
+                                         stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        wait_for(self._up, 30, f"{self.what} to own {self.bus_name}")
+
+    def _up(self) -> bool:
+        from nvkmd.errors import NvkmdError
+        if self.proc.poll() is not None:
+            self.exited(self.log.read_text())
+        try:
+            return has_owner(self.bus.address, self.bus_name)
+        except NvkmdError:          # the bus does not take connections yet
+            return False
+
+    def exited(self, text: str) -> None:
+        raise AssertionError(f"{self.what} exited with {self.proc.returncode}: {text[-500:]}")
+
+    def stop(self) -> None:
+        stop(self.proc)
