@@ -10,6 +10,11 @@ then holds a shutdown back for up to its InhibitDelayMaxSec, 5 s by
 default, which covers a swap and a depmod); leaving closes the descriptor,
 which is what releases the lock.
 
+While a build for the kernel that boots next is running, a second delay
+lock names it ("building the NVIDIA module for K, which boots next"), so
+`systemctl reboot` waits for it within logind's bounds and `systemd-inhibit
+--list` says why.  It follows the core's NextBootChanged events.
+
 Without logind (containers, systems without systemd) installs go ahead
 unprotected, and that is said once in the log.  A failed Inhibit call
 never fails an install.
@@ -27,6 +32,7 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from nvkmd import api
+from nvkmd.model import NextBootChanged
 
 log = structlog.get_logger("nvkmd.logind")
 
@@ -47,6 +53,9 @@ class ShutdownInhibitor:
         self._lock = threading.Lock()
         self._warned = False
         self._loop_thread = 0
+        self._build_for = ""          # the next boot's kernel while it builds
+        self._build_fd: int | None = None
+        self._build_task: asyncio.Task | None = None
 
     async def start(self) -> bool:
         """Connect and look for logind; False (logged once) when there is none."""
@@ -84,11 +93,11 @@ class ShutdownInhibitor:
                 return True
         return False
 
-    async def _take(self) -> int:
+    async def _take(self, why: str = WHY) -> int:
         assert self.conn is not None
         reply = await self.conn.call(Message(
             destination=LOGIND[0], path=LOGIND[1], interface=LOGIND[2], member="Inhibit",
-            signature="ssss", body=["shutdown", WHO, WHY, "delay"]))
+            signature="ssss", body=["shutdown", WHO, why, "delay"]))
         if reply.message_type is MessageType.ERROR:
             raise RuntimeError(f"{reply.error_name}: {reply.body[0] if reply.body else ''}")
         # The body carries an index into the message's descriptors.
@@ -135,9 +144,42 @@ class ShutdownInhibitor:
             self.conn.disconnect()
             self.conn = None
 
+    # -- while the next boot's kernel builds ----------------------------------------
+    def on_event(self, event: object) -> None:
+        """The core's subscriber (on the event loop)."""
+        if not isinstance(event, NextBootChanged):
+            return
+        nb = event.next_boot
+        want = nb.kernel if nb.reason == "building" and not nb.guess else ""
+        if want == self._build_for:
+            return
+        self._build_for = want
+        prev = self._build_task
+        self._build_task = self.loop.create_task(self._build_lock(want, prev))
+
+    async def _build_lock(self, kernel: str, prev: asyncio.Task | None) -> None:
+        if prev is not None:
+            await asyncio.gather(prev, return_exceptions=True)
+        if self._build_fd is not None:
+            os.close(self._build_fd)
+            self._build_fd = None
+            log.debug("build inhibitor released")
+        if not kernel or kernel != self._build_for or self.conn is None:
+            return
+        try:
+            self._build_fd = await asyncio.wait_for(self._take(
+                f"building the NVIDIA module for {kernel}, which boots next"), TAKE_TIMEOUT_S)
+            log.info("shutdown delayed while the next boot's module builds", kernel=kernel)
+        except Exception as e:
+            log.warning("could not take a shutdown inhibitor for the build",
+                        reason=str(e) or type(e).__name__)
+
     def close(self) -> None:
         with self._lock:
             self._release()
+            if self._build_fd is not None:
+                os.close(self._build_fd)
+                self._build_fd = None
             self._drop_conn()
 
 

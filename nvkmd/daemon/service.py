@@ -167,6 +167,7 @@ class Daemon:
             inhibitor.close()
             return None
         self.core.critical_hooks.append(inhibitor)
+        self.core.subscribe(inhibitor.on_event)      # the next boot's build, by name
         return inhibitor
 
     def _start_bus(self, on_serving) -> asyncio.Task | None:
