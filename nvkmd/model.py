@@ -137,6 +137,9 @@ class DaemonStatus(Record):
     jobs: list[JobInfo]
     driver: DriverInfo = DriverInfo()
     next_boot: NextBoot | None = None
+    # Kernels the next upgrade would install, with their preflight verdict
+    # (verdict.PreflightResult's dict form plus "state").
+    candidates: list[dict] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"daemon": {"version": self.version, "state": self.state},
@@ -146,6 +149,7 @@ class DaemonStatus(Record):
              "driver": _asdict(self.driver)}
         if self.next_boot is not None:
             d["next_boot"] = self.next_boot.to_dict()
+        d["candidates"] = [dict(c) for c in self.candidates]
         return d
 
     @classmethod
@@ -156,7 +160,8 @@ class DaemonStatus(Record):
                    kernels=[KernelStatus.from_dict(k) for k in d.get("kernels", [])],
                    jobs=[JobInfo.from_dict(j) for j in d.get("jobs", [])],
                    driver=DriverInfo.from_dict(d.get("driver", {})),
-                   next_boot=NextBoot.from_dict(d["next_boot"]) if d.get("next_boot") else None)
+                   next_boot=NextBoot.from_dict(d["next_boot"]) if d.get("next_boot") else None,
+                   candidates=[dict(c) for c in d.get("candidates", []) if isinstance(c, dict)])
 
 
 # -- the next boot -------------------------------------------------------------

@@ -78,4 +78,5 @@ def status(s: DaemonStatus) -> dict[str, Variant]:
         "jobs": Variant("aa{sv}", records(s.jobs)),
         "driver": Variant("a{sv}", record(s.driver)),
         **({"next_boot": Variant("a{sv}", record(s.next_boot))} if s.next_boot else {}),
+        "candidates": Variant("aa{sv}", [variant(c).value for c in s.candidates]),
     }

@@ -135,6 +135,9 @@ def status_text(s: DaemonStatus, g: Glyphs = UNICODE) -> str:
     if not s.kernels:
         out.append("  (none)")
     out.append("")
+    if s.candidates:
+        from nvkmd.cli.preflightcmd import candidate_lines
+        out.extend(candidate_lines(s.candidates, g) + [""])
     active = [j for j in s.jobs if j.state in ACTIVE_JOB_STATES]
     out.append(f"Jobs ({len(active)}):")
     out.extend(job_line(j) for j in active)
