@@ -77,7 +77,7 @@ class Requests:
         src = sh.snapshot.source if sh.snapshot else None
         info = SourceInfo(src.path, src.version, src.kind, src.error) if src else SourceInfo("", "", "")
         return DaemonStatus(__version__, sh.state, info, self.kernels(), self.jobs(10), sh.driver,
-                            self.boot.current)
+                            self.boot.current, candidates=self.preflights.status())
 
     def kernels(self) -> list[KernelStatus]:
         sh = self.shared
