@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from nvkmd import __version__, api
-from nvkmd.agent import notifications
+from nvkmd.agent import notifications, preflightwarn
 from nvkmd.agent.config import AgentConfig, SeenFailures
 from nvkmd.agent.rules import (
     BOOT_SLOT,
@@ -82,6 +82,7 @@ class Agent:
                                  lambda nid, reason: self._put("closed", nid, reason))
         await self.daemon.watch_owner(lambda owner: self._put("daemon", owner))
         await self.daemon.subscribe(lambda event: self._put("event", event))
+        await preflightwarn.subscribe(self.daemon, lambda results: self._put("preflight", results))
         if not await self.desktop.owner() and not await self.desktop.activatable():
             self.screen.absent(f"nothing owns {notifications.NOTIFICATIONS[0]}")
         owner = await self.daemon.owner()
@@ -102,6 +103,8 @@ class Agent:
     async def _handle(self, what: str, *args: Any) -> None:
         if what == "event":
             await self._event(args[0])
+        elif what == "preflight":
+            await self._preflight(args[0])
         elif what == "refresh":
             self._refresh_queued = False
             await self._refresh()
@@ -206,6 +209,7 @@ class Agent:
             await self.screen.show(n)
             self.screen.release(n.slot)
         await self._boot(st)
+        await self._preflight(st.candidates)
 
     async def _boot(self, st: DaemonStatus) -> None:
         k = boot_at_risk(st, self.boot.kernel if self.boot else "")
@@ -225,6 +229,13 @@ class Agent:
         elif want != self.boot_dismissed:
             log.warning("the next boot would start without the NVIDIA driver", kernel=want.kernel)
             await self.screen.show(want)
+
+    async def _preflight(self, results: list) -> None:
+        """A coming kernel the driver will not build for: once per result."""
+        for n in preflightwarn.notices(results, self.seen.keys):
+            log.warning("a coming kernel would break the NVIDIA driver", kernel=n.kernel)
+            await self.screen.show(n)
+            self.screen.release(n.slot)
 
     # -- "Show log" -----------------------------------------------------------------
     async def _action(self, nid: int, key: str) -> None:
