@@ -9,10 +9,11 @@ inside the function that needs it.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import argparse
 
 READY_PREFIX = "nvkmd-ready: "
 
@@ -44,6 +45,7 @@ async def client(args: argparse.Namespace):
 
 def watch_connection(c: Any, lost: Callable[[], None]) -> None:
     """Call ``lost()`` if the bus connection itself goes away while waiting."""
+    import asyncio    # not at module level: wait-ready's fast path imports this module
     task = asyncio.get_running_loop().create_task(c.wait_disconnected())
     task.add_done_callback(lambda t: lost())
     _keep.add(task)

@@ -12,7 +12,6 @@ DKMS code.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from pathlib import Path
@@ -83,6 +82,7 @@ class DaemonQueue:
             return ""
 
     async def _build(self, kernel: str, force: bool) -> list[int]:
+        import asyncio    # not at module level: wait-ready's fast path imports this module
         expected = self._expected()
         async with await client(self.args) as c:
             await c.rescan(interactive=interactive())
@@ -95,6 +95,7 @@ class DaemonQueue:
             return await c.build(kernel, force, interactive=interactive())
 
     def __call__(self, kernel: str, force: bool) -> list[int]:
+        import asyncio
         try:
             return asyncio.run(self._build(kernel, force))
         except NvkmdError as e:
@@ -168,6 +169,8 @@ def cmd_fix(args: argparse.Namespace) -> int:
             if queue.error is None:
                 return f"queued job {', '.join(map(str, ids))}" if ids else "nothing queued"
             local = True        # no daemon: do it here, as a person would
+        import asyncio
+
         from nvkmd.install.engine import Engine
         from nvkmd.system.source import discover
         o = asyncio.run(Engine(paths, config).build(release, discover(paths, config)))

@@ -16,37 +16,18 @@ may be a coroutine function.  It reports failures by raising NvkmdError;
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import dataclasses
 import importlib
-import inspect
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Callable
 
 from nvkmd import __version__
-from nvkmd.cli import argtypes
-from nvkmd.cli.common import print_json
-from nvkmd.cli.daemoncmds import (
-    cmd_build,
-    cmd_cancel,
-    cmd_cleanup,
-    cmd_jobs,
-    cmd_kernels,
-    cmd_logs,
-    cmd_rescan,
-    cmd_status,
-    setup_build,
-    setup_cancel,
-    setup_cleanup,
-    setup_jobs,
-    setup_logs,
-)
-from nvkmd.cli.bootcmds import setup_boot
-from nvkmd.cli.localcmds import setup_fix, setup_source
-from nvkmd.cli.preflightcmd import setup_preflight
 from nvkmd.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, NvkmdError, exit_status
+
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_HELP = """\
 exit status:
@@ -66,7 +47,7 @@ exit status:
 class Command:
     name: str
     help: str
-    setup: Callable[[argparse.ArgumentParser], None]
+    setup: Callable[[argparse.ArgumentParser], None] | str
     run: Callable[[argparse.Namespace], Any] | str
 
 
@@ -82,37 +63,45 @@ def setup_wait_ready(p: argparse.ArgumentParser) -> None:
                         "TimeoutStartSec= stays above it)")
 
 
+# Commands by "module:function" name: a command module is imported when its
+# command runs or the full parser is built, never by wait-ready's fast path.
+_D, _L, _B, _P = (f"nvkmd.cli.{m}:" for m in ("daemoncmds", "localcmds", "bootcmds",
+                                             "preflightcmd"))
+
 COMMANDS: list[Command] = [
-    Command("status", "the daemon, the driver source, every kernel and the jobs", _none, cmd_status),
-    Command("kernels", "every installed kernel and its module", _none, cmd_kernels),
-    Command("jobs", "queued, running and recently finished builds", setup_jobs, cmd_jobs),
-    Command("build", "queue builds (privileged)", setup_build, cmd_build),
-    Command("cancel", "cancel a queued or running build (privileged)", setup_cancel, cmd_cancel),
-    Command("logs", "show or follow a build log", setup_logs, cmd_logs),
+    Command("status", "the daemon, the driver source, every kernel and the jobs", _none, _D + "cmd_status"),
+    Command("kernels", "every installed kernel and its module", _none, _D + "cmd_kernels"),
+    Command("jobs", "queued, running and recently finished builds", _D + "setup_jobs", _D + "cmd_jobs"),
+    Command("build", "queue builds (privileged)", _D + "setup_build", _D + "cmd_build"),
+    Command("cancel", "cancel a queued or running build (privileged)", _D + "setup_cancel", _D + "cmd_cancel"),
+    Command("logs", "show or follow a build log", _D + "setup_logs", _D + "cmd_logs"),
     Command("cleanup", "remove modules of old kernels; a dry run unless --execute "
-            "(--execute is privileged)", setup_cleanup, cmd_cleanup),
-    Command("rescan", "look at kernels and driver sources again now (privileged)", _none, cmd_rescan),
+            "(--execute is privileged)", _D + "setup_cleanup", _D + "cmd_cleanup"),
+    Command("rescan", "look at kernels and driver sources again now (privileged)", _none, _D + "cmd_rescan"),
     Command("next-boot", "will the next boot have a ready NVIDIA module? exit 0 yes, 1 no, "
-            "2 cannot be known", _none, "nvkmd.cli.bootcmds:cmd_next_boot"),
+            "2 cannot be known", _none, _B + "cmd_next_boot"),
     Command("boot", "boot try KERNEL (once, a kernel whose module is ready), boot guard "
-            "off|warn|pin|config (privileged)", setup_boot, "nvkmd.cli.bootcmds:cmd_boot"),
+            "off|warn|pin|config (privileged)", _B + "setup_boot", _B + "cmd_boot"),
     Command("preflight", "would the driver build for a kernel that is not installed yet? "
             "(privileged; exit 0 ready, 1 will break, 6 could not tell)",
-            setup_preflight, "nvkmd.cli.preflightcmd:cmd_preflight"),
+            _P + "setup_preflight", _P + "cmd_preflight"),
     # Files only when the module is there; D-Bus only when it is not (waitready.py, waiter.py).
     Command("wait-ready", "wait until the running kernel (or -k K) has its NVIDIA module, "
             "building it if needed", setup_wait_ready, "nvkmd.cli.waitready:cmd_wait_ready"),
     # Run here, as root; builds go through the daemon (localcmds.py).
     Command("source", "the driver source: status, init PATH, update, sync (init, update "
-            "and sync need root)", setup_source, "nvkmd.cli.localcmds:cmd_source"),
+            "and sync need root)", _L + "setup_source", _L + "cmd_source"),
     Command("fix", "tidy, rebuild what is missing, run depmod where stale, and say what "
-            "was done (needs root)", setup_fix, "nvkmd.cli.localcmds:cmd_fix"),
+            "was done (needs root)", _L + "setup_fix", _L + "cmd_fix"),
 ]
 
 
 # -- parsing and running ----------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from nvkmd.cli import argtypes
     p = argparse.ArgumentParser(
         prog="nvkmctl", description="Control and inspect nvkmd, the daemon that keeps NVIDIA's "
         "open kernel modules built for every kernel.",
@@ -128,12 +117,12 @@ def parser() -> argparse.ArgumentParser:
     for cmd in COMMANDS:
         sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, parents=[common],
                             epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-        cmd.setup(sp)
+        _resolve(cmd.setup)(sp)
         sp.set_defaults(run=cmd.run)
     return p
 
 
-def _resolve(run: Callable[[argparse.Namespace], Any] | str) -> Callable[[argparse.Namespace], Any]:
+def _resolve(run: Callable[..., Any] | str) -> Callable[..., Any]:
     if callable(run):
         return run
     module, _, name = run.partition(":")
@@ -148,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="replace")  # type: ignore[union-attr]
         except (AttributeError, ValueError):
             pass
-    args = parser().parse_args(argv)          # usage errors exit 2 here
+    from nvkmd.cli import readyargs
+    # wait-ready runs on every boot: its usual command lines skip building the parser.
+    args = readyargs.parse(sys.argv[1:] if argv is None else argv) or \
+        parser().parse_args(argv)             # usage errors exit 2 here
     if sys.stdout is None:
         # Started with standard output closed (`nvkmctl status >&-`).
         print("nvkmctl: standard output is closed; nothing to print the answer to",
@@ -156,12 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         result = _resolve(args.run)(args)
-        if inspect.iscoroutine(result):
+        if isinstance(result, Coroutine):
+            import asyncio    # only here: not on wait-ready's fast path
             result = asyncio.run(result)
         return int(result or 0)
     except NvkmdError as e:
         print(f"nvkmctl: {e}", file=sys.stderr)
         if getattr(args, "json", False):
+            from nvkmd.cli.common import print_json
             print_json({"error": {"code": e.code.value, "message": str(e)}})
         return exit_status(e.code)
     except KeyboardInterrupt:

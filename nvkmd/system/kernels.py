@@ -9,8 +9,6 @@ import shutil
 from functools import cached_property
 from pathlib import Path
 
-import structlog
-
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.limits import RELEASE_RE, check_release
 from nvkmd.paths import Paths
@@ -225,6 +223,7 @@ _reported: set[tuple[str, str]] = set()
 def _warn_once(path: Path, why: str) -> None:
     if (str(path), why) not in _reported:
         _reported.add((str(path), why))
+        import structlog    # only here: the boot check imports this module
         structlog.get_logger().warning("skipping a directory in the modules directory",
                                        path=str(path), reason=why)
 
