@@ -86,35 +86,36 @@ class Xvfb:
         stop(self.proc)
 
 
-class Dunst:
+class Dunst(LoggedProcess):
     """The real notification server."""
 
-    def __init__(self, session: SessionBus, xvfb: Xvfb, tmp: Path):
+    name = "dunst"
+    strict = False
+
+    def __init__(self, session: PrivateBus, xvfb: Xvfb, tmp: Path):
         _need("dunst", "dunstctl", "dbus-send")
-        self.env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=session.address,
-                        DISPLAY=xvfb.display)
+        super().__init__(tmp / "dunst.log", {"DBUS_SESSION_BUS_ADDRESS": session.address,
+                                              "DISPLAY": xvfb.display})
         self.rc = tmp / "dunstrc"
         self.rc.write_text(DUNSTRC)
-        self.log = tmp / "dunst.log"
-        self.proc: subprocess.Popen | None = None
+        self.log = self.log_path
+
+    def command(self) -> list[str]:
+        return ["dunst", "-config", str(self.rc)]
 
     def start(self) -> "Dunst":
-        with open(self.log, "a") as out:
-            self.proc = subprocess.Popen(["dunst", "-config", str(self.rc)], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        wait_for(lambda: self._alive() and self.ctl("is-paused", check=False).returncode == 0,
-                 30, "dunst to own org.freedesktop.Notifications")
+        super().start()
+
+        def up():
+            if gone := self.exited():
+                raise AssertionError(f"{gone}: {self.log_text(True)}")
+            return self.ctl("is-paused", check=False).returncode == 0
+        wait_for(up, 30, "dunst to own org.freedesktop.Notifications")
         return self
 
-    def _alive(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"dunst exited with {self.proc.returncode}: {self.log.read_text()}")
-        return True
-
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["dunstctl", *args], env=self.env, capture_output=True, text=True,
-                              timeout=30, check=check)
+        return subprocess.run(["dunstctl", *args], env=self.environment(), capture_output=True,
+                              text=True, timeout=30, check=check)
 
     def displayed(self) -> int:
         return int(self.ctl("count", "displayed").stdout)
@@ -133,16 +134,12 @@ class Dunst:
                         "progress": n["progress"]["data"], "app": n["appname"]["data"]})
         return sorted(out, key=lambda n: n["id"])
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-
 
 class Monitor:
     """``busctl monitor`` on the session bus: every Notify call with the id
     the server answered, and every CloseNotification."""
 
-    def __init__(self, session: SessionBus):
+    def __init__(self, session: PrivateBus):
         _need("busctl")
         self.proc = subprocess.Popen(["busctl", f"--address={session.address}", "monitor",
                                       "--json=short"], stdout=subprocess.PIPE,
