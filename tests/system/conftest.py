@@ -119,6 +119,6 @@ def installed(container, nvkmd_deb) -> Container:
     """The container with `apt-get install ./nvkmd_*.deb` done and the
     service up (Type=notify: active means it sent READY)."""
     import sysnvkmd
-    sysnvkmd.install_deb(container, nvkmd_deb)
+    container.install_output = sysnvkmd.install_deb(container, nvkmd_deb).out
     container.wait("systemctl is-active nvkmd", 60, "nvkmd.service to be active after install")
     return container

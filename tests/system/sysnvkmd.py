@@ -41,7 +41,10 @@ cache_keep = 0
 
 def apt(c: Container, args: str, timeout: float = 900.0):
     """apt-get as root; when the image's package lists went stale (the
-    archive dropped a version it names), update them once and retry."""
+    archive dropped a version it names), update them once and retry.
+    Without Recommends: nvkmd's would pull linux-headers-amd64, the newest
+    kernel's headers (another download and a third kernel to build);
+    polkitd, the other one, is in the image."""
     r = c.run(f"{APT} {args}", check=False, timeout=timeout)
     if r.returncode != 0 and ("Failed to fetch" in r.out or "Unable to locate" in r.out):
         c.run("apt-get -q update", timeout=600)
@@ -109,11 +112,20 @@ def job(c: Container, job_id: int) -> dict | None:
     return next((j for j in jobs(c) if j["id"] == job_id), None)
 
 
+def _transient(r, what: str) -> None:
+    """Waiting is for nvkmd being busy or restarting (exit 3, unreachable),
+    not for nvkmctl failing: fail at once on anything else."""
+    if r.returncode not in (0, 3):
+        raise AssertionError(f"while waiting for {what}: `{r.args[-1]}` failed with status "
+                             f"{r.returncode}:\n{r.out}")
+
+
 def wait_status(c: Container, cond, what: str, timeout: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout
     last: dict | str = "no answer"
     while True:
         r = c.run("nvkmctl status --json", check=False, timeout=60)
+        _transient(r, what)
         if r.returncode == 0:
             last = json.loads(r.stdout)
             if cond(last):
@@ -131,6 +143,7 @@ def wait_job(c: Container, job_id: int, states: tuple[str, ...], timeout: float 
     last = None
     while True:
         r = c.run("nvkmctl jobs -n 1000 --json", check=False, timeout=60)
+        _transient(r, f"job {job_id}")
         if r.returncode == 0:
             last = next((j for j in json.loads(r.stdout) if j["id"] == job_id), None)
             if last and last["state"] in states:

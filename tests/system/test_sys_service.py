@@ -8,6 +8,7 @@ the service running with the tiny source configured.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -29,6 +30,8 @@ def test_installed_service_is_ready_and_its_status_counts_kernels(installed):
     # Type=notify: systemd reports "active" only after READY=1 arrived.
     assert (p["Type"], p["ActiveState"], p["SubState"]) == ("notify", "active", "running"), p
     assert p["UnitFileState"] == "enabled", p
+    # The postinst's start went through (deb-systemd-invoke says so when not).
+    assert "Could not execute systemctl" not in c.install_output, c.install_output
     # No source yet: GOOD has headers but nothing to build from.
     assert p["StatusText"] == "idle: 0 kernels ready of 1", p
 
@@ -38,6 +41,11 @@ def test_installed_service_is_ready_and_its_status_counts_kernels(installed):
            ok=lambda r: r.stdout.strip() == "idle: 1 kernel ready")
     assert "nvidia.ko" in module_files(c, GOOD)
     assert "updates/nvkmd/nvidia.ko" in c.path(f"/lib/modules/{GOOD}/modules.dep").read_text()
+    # journald has the build as this kernel's events, as fields.
+    r = c.run(f"journalctl -u nvkmd -o json --no-pager NVKMD_KERNEL={GOOD}")
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {e["NVKMD_KERNEL"] for e in events} == {GOOD}
+    assert [e.get("NVKMD_RESULT") for e in events if e.get("NVKMD_EVENT") == "build finished"] == ["success"]
 
 
 def test_sandbox_exposure_is_at_most_2(installed):
