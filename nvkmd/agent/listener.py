@@ -25,7 +25,6 @@ from nvkmd.agent.rules import (
     boot_notice,
     build_slot,
     failure_notice,
-    next_boot_of,
     progress_notice,
     ready_fallback,
     success_notice,
@@ -196,8 +195,9 @@ class Agent:
         # the daemon going away), never here: the status can be newer than
         # the signals still queued behind this refresh, and the result must
         # replace the progress in place, not follow a close.
-        nk = next_boot_of(st)
-        self.next_kernel = nk.release if nk else ""
+        # Only a boot loader's own answer, not the newest-first guess.
+        nb = st.next_boot
+        self.next_kernel = nb.kernel if nb is not None and not nb.guess else ""
         failures = unseen_failures(st, self.seen.keys)
         if self.config.progress:
             for k, j in running.items():
@@ -221,11 +221,6 @@ class Agent:
             log.info("the next boot has a working NVIDIA module again")
             self.boot_dismissed = None
             await self.screen.close(BOOT_SLOT)
-        elif want.seen_key in self.seen.keys:
-            # Once for each (kernel, cause): it was shown before, maybe by
-            # an earlier run of the agent.
-            log.info("the next boot would start without the NVIDIA driver (shown before)",
-                     kernel=want.kernel)
         elif want != self.boot_dismissed:
             log.warning("the next boot would start without the NVIDIA driver", kernel=want.kernel)
             await self.screen.show(want)

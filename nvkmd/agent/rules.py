@@ -123,12 +123,13 @@ def boot_notice(k: KernelStatus, fallback: str = "") -> Notice:
     log = k.last_build.log if k.last_build and k.state in ("failed", "unsupported") else ""
     instead = (f"Or boot {fallback} once, which has its module: nvkmctl boot try {fallback}"
                if fallback and k.state not in ("queued", "building") else "")
-    cause = k.last_build.cause if k.last_build and log else k.state
+    # Once for each (kernel, cause): the agent shows a notice again only
+    # when it differs from the one up (or the one the user dismissed).
     return Notice(slot=BOOT_SLOT, summary="Rebooting now would start without the NVIDIA driver",
                   body=lines(sentence(f"{k.release} boots next and has no working NVIDIA module: "
                                       f"{why}"), sentence(hint), sentence(instead)),
                   urgency=CRITICAL, icon="dialog-warning", timeout_ms=0, resident=True, log=log,
-                  kernel=k.release, seen_key=f"boot:{k.release}:{cause}")
+                  kernel=k.release)
 
 
 # -- decisions -------------------------------------------------------------------
