@@ -137,3 +137,55 @@ def test_a_default_changed_by_hand_meanwhile_is_left_alone(tmp_path):
         assert nb.kernel == new
         assert f"saved_entry={spec}" in bl.editenv(s.root.path, "list")
         assert bl.grub_boots(s.root.path, tmp_path) == new
+
+
+def test_boot_try_guard_changes_and_properties_changed(tmp_path):
+    import asyncio
+
+    from dbus_helpers import as_nobody
+    from nvkmd.clients import manager
+    from nvkmd.model import NextBootChanged
+    with serve_root(tmp_path, prepare=_prepare("0"), ready=False) as s:
+        new, old = s.kernels
+        _states(s, new, old)
+        wait_next_boot(s, lambda nb: nb.kernel == new and nb.reason == "failed", "NextBoot: failed")
+        r = nvkmctl(s.address, "boot", "try", new)
+        assert r.returncode == 2 and "has no ready module" in r.stderr, r.stderr
+        assert "next_entry" not in bl.editenv(s.root.path, "list")
+        r = nvkmctl(s.address, "boot", "try", old)
+        assert r.returncode == 0 and "unset next_entry" in r.stdout, r.stderr
+        assert bl.grub_boots(s.root.path, tmp_path) == old
+        nb = wait_next_boot(s, lambda nb: nb.kernel == old and nb.one_shot, "the one-shot in NextBoot")
+        assert nb.ready and nb.source == "next_entry in grubenv"
+        assert nvkmctl(s.address, "status").stdout.splitlines()[0] == f"Next boot: {old} (once) — ready"
+        # Changing the guard is privileged: nobody is refused (no polkit here: fail closed).
+        r = as_nobody(["-m", "nvkmd.cli", "--bus", s.address, "boot", "guard", "pin"])
+        assert r.returncode == 4, r.stderr
+        assert nvkmctl(s.address, "boot", "guard", "pin").stdout == "boot guard: pin\n"
+        assert (s.root.path / "var/lib/nvkmd/bootguard-mode").read_text() == "pin\n"
+        # GRUB_DEFAULT=0: pin cannot act, and says why; the one-shot is gone first.
+        bl.editenv(s.root.path, "unset", "next_entry")
+        nb = wait_next_boot(s, lambda nb: nb.guard == "pin" and "GRUB_DEFAULT=saved" in nb.guard_note,
+                            "the guard to say what it needs")
+        assert nb.kernel == new and not nb.pinned
+        assert "next_entry" not in bl.editenv(s.root.path, "list")
+
+        # PropertiesChanged carries NextBoot when the boot loader's file changes.
+        async def watch():
+            c = await manager.connect(s.address)
+            got: asyncio.Queue = asyncio.Queue()
+            try:
+                await c.subscribe(lambda ev: isinstance(ev, NextBootChanged) and got.put_nowait(ev))
+                p = await asyncio.create_subprocess_exec(
+                    "grub-reboot", f"--boot-directory={s.root.path / 'boot'}", "1>2")
+                assert await p.wait() == 0
+                while True:
+                    ev = await asyncio.wait_for(got.get(), 60)
+                    if ev.next_boot.kernel == old:
+                        return ev.next_boot
+            finally:
+                c.close()
+        nb = asyncio.run(watch())
+        assert nb.one_shot and nb.ready
+        assert nvkmctl(s.address, "boot", "guard", "config").stdout == \
+            "boot guard: warn (from the configuration)\n"
