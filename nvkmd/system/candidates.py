@@ -181,8 +181,10 @@ def apt_upgrade_candidates(apt: Apt) -> list[Candidate]:
         if not m:
             continue
         name, old, new = m.groups()
+        if name.endswith("-common") or "-common-" in name:
+            continue      # comes with its arch package; holding that one is enough
         k = _APT_KERNEL_RE.match(name)
-        if k and not name.endswith("-common") and "-common-" not in name:
+        if k:
             release = k.group(2)
             headers, version, hold = pulled.setdefault(release, (f"linux-headers-{release}", new, set()))
             hold.add(name)
