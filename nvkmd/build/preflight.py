@@ -136,7 +136,7 @@ class Runner:
         return headerpkg.unpack(files, work), info
 
     # -- the build -------------------------------------------------------
-    async def check(self, target: str | Candidate, source: Source, *,
+    async def check(self, target: str | Candidate | Path, source: Source, *,
                     on_progress: ProgressFn = lambda p: None) -> PreflightResult:
         started = time.monotonic()
         what = await asyncio.to_thread(self.resolve, target) if isinstance(target, str) else target

@@ -301,6 +301,9 @@ class Preflights:
     async def _check(self, item: Item, target: str | Candidate, source: Source) -> PreflightResult:
         name = target.package if isinstance(target, Candidate) else target
         self.current = (item, name)
+        if isinstance(target, str):
+            # A package name resolves to the candidate its result is kept under.
+            target = await asyncio.to_thread(self.runner.resolve, target)
         if isinstance(target, Candidate):
             cached = self.store.get(_key(target, source))
             if cached is not None:
@@ -308,7 +311,7 @@ class Preflights:
         log.info("preflight", target=name, driver=source.version, background=item.background)
         r = await self.runner.check(target, source)
         log.info("preflight finished", kernel=r.kernel, verdict=r.verdict, cause=r.cause, log=r.log)
-        if r.verdict != UNKNOWN and r.package_version:
+        if r.verdict != UNKNOWN and r.manager in ("apt", "pacman") and r.package_version:
             if r.verdict == WILL_BREAK and self.config.preflight_hold and isinstance(target, Candidate):
                 r = await asyncio.to_thread(self._hold, target, r)
             self.store.put(r)
