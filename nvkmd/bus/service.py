@@ -259,8 +259,8 @@ class ManagerService:
     def _do_Cleanup(self, keep: int, execute: bool) -> list:
         return [[wire.text(str(p)) for p in self.core.cleanup(keep, bool(execute))]]
 
-    def _do_Rescan(self) -> list:
-        self.core.rescan()
+    async def _do_Rescan(self) -> list:
+        await self.core.rescan_and_wait()
         return []
 
     async def _do_BootTry(self, kernel: str) -> list:
