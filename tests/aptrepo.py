@@ -80,7 +80,9 @@ def bump(deb: Path, suffix: str, out: Path) -> Path:
 class LocalApt:
     """A flat apt repository in ``base/repo`` and a private apt world in ``base``."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, private_dpkg: bool = False):
+        """``private_dpkg``: apt-mark writes a copy of dpkg's database in
+        ``base/dpkg`` (--admindir), never the machine's."""
         self.base = base
         self.repo = base / "repo"
         self.repo.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,20 @@ class LocalApt:
             f'Dir::State::lists "{self.lists}/";\n'
             f'Dir::Cache "{self.cache}/";\n'
             'Acquire::Languages "none";\n')
+        self.dpkg = base / "dpkg"
+        if private_dpkg:
+            for d in ("updates", "info"):
+                (self.dpkg / d).mkdir(parents=True, exist_ok=True)
+            shutil.copy2("/var/lib/dpkg/status", self.dpkg / "status")
+            (self.dpkg / "available").touch()
+            with open(self.config, "a") as f:
+                f.write(f'Dir::State::status "{self.dpkg}/status";\n'
+                        f'DPkg::Options {{ "--admindir={self.dpkg}"; }};\n')
+
+    def selection(self, package: str) -> str:
+        """The private dpkg database's selection: install, hold, ..."""
+        return run("dpkg-query", f"--admindir={self.dpkg}", "-W", "-f", "${db:Status-Want}",
+                   package).stdout
 
     @property
     def env(self) -> dict[str, str]:

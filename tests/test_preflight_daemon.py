@@ -111,3 +111,44 @@ def test_apt_update_brings_a_candidate_that_will_break(root, bus, bus_daemon, de
     assert not any((root.path / "var/lib/nvkmd/cache/preflight").iterdir())
     assert agent.stop() == 0
     assert daemon.stop() == 0
+
+
+def test_hold_keeps_a_breaking_kernel_out_until_a_driver_builds_it(root, bus, bus_daemon, tmp_path):
+    """preflight.hold = true: the will-break candidate is held with apt-mark
+    (in a private copy of dpkg's database: DPkg::Options --admindir), and
+    released once a new driver source builds for it."""
+    from helpers import set_tiny_version
+    need_kernels(2)
+    root.add_kernel(OLD)
+    tree = tiny_root(root, variant=True)
+    local = aptrepo.LocalApt(root.path / "apt", private_dpkg=True)
+    root.configure(root.config_text + "[daemon]\ndebounce_s = 0.2\n"
+                   f'[preflight]\napt_config = "/apt/apt.conf"\nhold = true\n')
+    dl = tmp_path / "dl"
+    arch, common, kbuild = aptrepo.headers_debs(dl, CANDIDATE)
+    local.publish(aptrepo.bump(arch, BUMP, dl), aptrepo.bump(common, BUMP, dl), kbuild)
+    local.update()
+    pkg = f"linux-headers-{CANDIDATE}"
+    assert local.selection(pkg) == "install"
+
+    daemon = bus_daemon(root, bus, wrapper=READ_ONLY)
+    (c,) = wait_for(lambda: [c for c in candidates(bus.address) if c.get("state") == "will-break"],
+                    300, "the will-break verdict")
+    assert c["held"] is True and local.selection(pkg) == "hold"
+    st = nvkmctl(bus.address, "status").stdout
+    assert f"keep it out: apt-mark hold {pkg} (held by nvkmd)" in st
+    # Held, apt's upgrade leaves it out; it is still a candidate, and shown.
+    sim = local.apt("apt-get", "-s", "--with-new-pkgs", "upgrade").stdout
+    assert f"Inst {pkg} " not in sim
+
+    # A driver source that builds for it: the hold is released.
+    kb = tree / "kernel-open/nvidia/nvidia.Kbuild"
+    kb.write_text(kb.read_text().replace(" nvidia/nv-resize.o", ""))
+    (tree / "kernel-open/nvidia/nv-resize.c").unlink()
+    set_tiny_version(tree, "9.9.2")
+    (c,) = wait_for(lambda: [c for c in candidates(bus.address)
+                             if c.get("state") == "ready" and c.get("driver_version") == "9.9.2"],
+                    300, "the ready verdict with the new source")
+    wait_for(lambda: local.selection(pkg) == "install", 30, "the hold to be released")
+    assert c["held"] is False
+    assert daemon.stop() == 0

@@ -56,11 +56,13 @@ class ResultStore:
     def __init__(self, path: Path):
         self.path = path
         self.results: dict[str, dict] = {}
-        self.held: dict[str, list[str]] = {}      # candidate key -> packages nvkmd holds
+        # candidate key -> {"package", "version", "packages"}: what nvkmd holds
+        self.held: dict[str, dict] = {}
         try:
             data = json.loads(path.read_text())
             self.results = {k: v for k, v in data.get("results", {}).items() if isinstance(v, dict)}
-            self.held = {k: list(v) for k, v in data.get("held", {}).items() if isinstance(v, list)}
+            self.held = {k: v for k, v in data.get("held", {}).items()
+                         if isinstance(v, dict) and isinstance(v.get("packages"), list)}
         except (OSError, ValueError, AttributeError):
             pass      # none yet, or unreadable: start over, the results are recomputable
 
@@ -112,6 +114,7 @@ class Preflights:
         self._work: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._debounce: asyncio.TimerHandle | None = None
+        self._source_version: str | None = None
         self.configure(config)
 
     # -- configuration -----------------------------------------------------
@@ -215,6 +218,15 @@ class Preflights:
             self._work.cancel()       # the person's request first; ours is queued again
         return item.request_id
 
+    def source_seen(self, version: str) -> None:
+        """The driver source's version as the core reports it: a new one is
+        checked against the candidates again (and may release a hold)."""
+        if not version or version == self._source_version:
+            return
+        first, self._source_version = self._source_version is None, version
+        if not first:
+            self.lists_changed()
+
     def builds_changed(self) -> None:
         """The core's queue changed: a needed real build cancels a background preflight."""
         if self.build_needed():
@@ -282,8 +294,11 @@ class Preflights:
 
     async def _refresh(self) -> None:
         try:
-            self.candidates = await asyncio.to_thread(cands.upgrade_candidates, self.paths,
-                                                      self.apt.config_file if self.apt else None)
+            found = await asyncio.to_thread(cands.upgrade_candidates, self.paths,
+                                            self.apt.config_file if self.apt else None)
+            # A held kernel drops out of apt's upgrade, but stays a candidate:
+            # it is checked again with each new driver source, to release it.
+            self.candidates = found + await asyncio.to_thread(self._held_candidates, found)
             self.last_error = ""
         except NvkmdError as e:
             self.last_error = e.message
@@ -327,16 +342,34 @@ class Preflights:
         if proc.returncode != 0:
             log.warning("apt-mark hold failed", packages=" ".join(cand.hold), error=proc.stderr.strip())
             return r
-        self.store.held[cand.key] = list(cand.hold)
+        self.store.held[cand.key] = {"package": cand.package, "version": cand.version,
+                                     "packages": list(cand.hold)}
         log.warning("held a kernel whose driver build would break (preflight.hold = true)",
                     kernel=r.kernel, packages=" ".join(cand.hold), cause=r.cause)
         return dataclasses.replace(r, held=True)
+
+    def _held_candidates(self, found: list[Candidate]) -> list[Candidate]:
+        out = []
+        keys = {c.key for c in found}
+        for ckey, entry in self.store.held.items():
+            if ckey in keys or self.apt is None:
+                continue
+            try:
+                c = cands.apt_candidate(self.apt, entry["package"], entry["version"],
+                                        tuple(entry["packages"]))
+            except NvkmdError as e:
+                log.warning("a held kernel is gone from apt's lists", package=entry["package"],
+                            error=e.message)
+                continue
+            out.append(c)
+        return out
 
     def _release_holds(self, source: Source) -> None:
         """Release what nvkmd held once this driver source builds the kernel."""
         if self.apt is None:
             return
-        for ckey, packages in list(self.store.held.items()):
+        for ckey, entry in list(self.store.held.items()):
+            packages = entry["packages"]
             ready = self.store.get(f"{ckey}@{source.version}")
             if ready is None or ready.verdict != READY:
                 continue
