@@ -34,7 +34,7 @@ from nvkmd.daemon.preflights import APT_LISTS_TAG, PACMAN_SYNC_TAG, Preflights
 from nvkmd.daemon.requests import Requests
 from nvkmd.daemon.state import Shared
 from nvkmd.jobs.store import JobStore
-from nvkmd.model import JobFinished, JobQueued
+from nvkmd.model import JobFinished, JobQueued, StateChanged
 from nvkmd.paths import Paths
 from nvkmd.verdict import PreflightFinished
 
@@ -57,11 +57,16 @@ class Core(Requests):
         self.intake.extra_watches = self.preflights.watch_spec
         for tag in (APT_LISTS_TAG, PACMAN_SYNC_TAG):
             self.intake.tag_handlers[tag] = self.preflights.on_watch_event
-        sh.subscribe(lambda ev: self.preflights.builds_changed()
-                     if isinstance(ev, (JobQueued, JobFinished)) else None)
+        sh.subscribe(self._to_preflights)
         # The next boot's readiness and the boot guard, from the events above.
         self.boot = BootWatch(self.shared, self.kernels)
         self._tasks: list[asyncio.Task] = []
+
+    def _to_preflights(self, ev: object) -> None:
+        if isinstance(ev, (JobQueued, JobFinished)):
+            self.preflights.builds_changed()
+        elif isinstance(ev, StateChanged):
+            self.preflights.source_seen(ev.source_version)
 
     @property
     def paths(self) -> Paths:
