@@ -52,7 +52,10 @@ def apt_download(apt: Apt, cand: Candidate, archives: Path) -> list[Path]:
     missing = [spec for spec, f, sha in wanted if not (f.is_file() and sha and _sha256(f) == sha)]
     if missing:
         archives.mkdir(parents=True, exist_ok=True)
-        proc = apt.run("apt-get", "download", "-q", *missing, cwd=archives, timeout=DOWNLOAD_TIMEOUT_S)
+        # As root, without apt's switch to _apt: nvkmd.service's capability
+        # bounding set has no CAP_SETUID, and the files go to root's cache.
+        proc = apt.run("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", *missing,
+                       cwd=archives, timeout=DOWNLOAD_TIMEOUT_S)
         if proc.returncode != 0:
             raise DownloadFailed(f"apt-get download {' '.join(missing)}: "
                                  f"{_last_line(proc.stderr or proc.stdout)}")
