@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 from functools import cached_property
 from pathlib import Path
 
@@ -39,6 +38,7 @@ class Toolchain:
     text: str                                # CONFIG_CC_VERSION_TEXT
 
     def missing(self) -> list[str]:
+        import shutil    # not at module level: the boot check imports this module
         return [t for t in self.tools if shutil.which(t) is None]
 
     def describe(self) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import lzma
 import struct
-import subprocess
 from pathlib import Path
 
 from nvkmd.errors import ErrorCode, NvkmdError
@@ -30,6 +29,7 @@ def read_module_bytes(path: Path) -> bytes:
         return gzip.decompress(data)
     if path.name.endswith(".zst"):
         # The standard library has no zstd before 3.14; the zstd tool does.
+        import subprocess    # only here: the boot check imports this module
         proc = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=False)
         if proc.returncode != 0:
             raise NvkmdError(ErrorCode.INVALID_ARGUMENT, f"{path}: cannot decompress: "

@@ -7,14 +7,12 @@ import dataclasses
 import hashlib
 import os
 import re
-import shutil
-import tarfile
 from pathlib import Path
 
 from nvkmd.config import Config
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
-from nvkmd.system import trust, untar
+from nvkmd.system import trust
 from nvkmd.system.kernels import release_key
 
 KINDS = ("git", "dkms", "debian", "run", "path")
@@ -128,6 +126,10 @@ def _unpack_debian(paths: Paths, tarball: Path, unpack: bool = True) -> Path:
 
     With ``unpack=False`` only an existing copy is used (the boot check reads,
     never writes), and a missing one is a SourceInvalid error."""
+    import shutil    # unpacking only: not on the boot check's path
+    import tarfile
+
+    from nvkmd.system import untar
     st = tarball.stat()
     key = hashlib.sha256(f"{tarball}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
     dest = paths.unpacked_sources / f"debian-{key}"
