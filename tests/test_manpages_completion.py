@@ -132,6 +132,8 @@ def bash_complete(line: str) -> list[str]:
 def test_bash_completes_commands_options_and_kernels():
     assert bash_complete("nvkmctl bu") == ["build"]
     assert bash_complete("nvkmctl w") == ["wait-ready"]
+    assert bash_complete("nvkmctl pref") == ["preflight"]
+    assert bash_complete("nvkmctl preflight --t") == ["--timeout"]
     assert "--kernel" in bash_complete("nvkmctl build --")
     assert bash_complete("nvkmctl --bus s") == ["session", "system"]
     assert bash_complete("nvkmctl source ") == ["init", "status", "sync", "update"]

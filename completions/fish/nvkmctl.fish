@@ -7,7 +7,7 @@ function __nvkmctl_kernels
     end | sort -u
 end
 
-set -l commands status kernels jobs build cancel logs cleanup rescan next-boot boot wait-ready source fix
+set -l commands status kernels jobs build cancel logs cleanup rescan next-boot boot preflight wait-ready source fix
 set -l source_actions status init update sync
 
 complete -c nvkmctl -f
@@ -26,6 +26,9 @@ complete -c nvkmctl -n "not __fish_seen_subcommand_from $commands" -a rescan -d 
 complete -c nvkmctl -n "not __fish_seen_subcommand_from $commands" -a next-boot -d 'will the next boot have a ready NVIDIA module'
 complete -c nvkmctl -n "not __fish_seen_subcommand_from $commands" -a boot -d 'boot try KERNEL, boot guard off|warn|pin|config (privileged)'
 complete -c nvkmctl -n '__fish_seen_subcommand_from boot' -x -a 'try guard off warn pin config'
+complete -c nvkmctl -n "not __fish_seen_subcommand_from $commands" -a preflight -d 'would the driver build for a kernel not installed yet (privileged)'
+complete -c nvkmctl -n '__fish_seen_subcommand_from preflight' -s t -l timeout -x -d 'give up waiting after S seconds'
+complete -c nvkmctl -n '__fish_seen_subcommand_from preflight' -F -d 'kernel package, release, package file or headers directory'
 complete -c nvkmctl -n "not __fish_seen_subcommand_from $commands" -a wait-ready -d 'wait until the running kernel has its NVIDIA module'
 complete -c nvkmctl -n "not __fish_seen_subcommand_from $commands" -a source -d 'the driver source: status, init, update, sync'
 complete -c nvkmctl -n "not __fish_seen_subcommand_from $commands" -a fix -d 'tidy, rebuild what is missing, run depmod where stale'
