@@ -9,13 +9,14 @@ OTHER's headers, which the later ones use.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 
 import pytest
 
 from sysimage import GOOD, OTHER
 from sysnvkmd import (apt, build, close_gate, job, jobs, module_files, modules_dep, open_gate,
-                      use_tiny_source, wait_gated, wait_job, wait_kernel_ready)
+                      use_tiny_source, wait_gated, wait_job, wait_kernel_ready, wait_status)
 
 pytestmark = pytest.mark.system
 
@@ -35,35 +36,47 @@ def timed_apt(c, args: str) -> float:
     return time.monotonic() - t
 
 
+def cpu_seconds(c, unit: str = "nvkmd") -> float:
+    """CPU time of the unit's main process and the children it reaped."""
+    pid = c.show(unit, "MainPID")["MainPID"]
+    fields = c.run(f"cat /proc/{pid}/stat").stdout.rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(c) -> None:
+    """Nothing queued or running: a test starts from a quiet daemon."""
+    wait_status(c, lambda s: s["daemon"]["state"] == "idle" and
+                not [j for j in s["jobs"] if j["state"] in ("queued", "running")],
+                "the daemon to be idle", timeout=300)
+
+
 def test_apt_installs_headers_as_fast_with_nvkmd_running_then_nvkmd_builds_them(tiny):
     c = tiny
-    # Same page cache for every run: read the archives once beforehand.
+    # Same page cache for both runs: read the archives once beforehand.
     c.run("cat /var/cache/apt/archives/linux-headers-6.1.0-56-*.deb > /dev/null")
-    times: dict[str, list[float]] = {"stopped": [], "running": []}
-    # Interleaved, two rounds: the CPU here is shared, so compare the best
-    # of each.  The last install is with nvkmd running; its build follows.
-    for rnd, mode in enumerate(("stopped", "running", "stopped", "running")):
-        if rnd:
-            apt(c, f"purge {HEADERS}")
-        if mode == "stopped":
-            # Masked too: the kernel hook's D-Bus call would start it again.
-            c.run("systemctl mask --runtime nvkmd && systemctl stop nvkmd")
-        else:
-            c.run("systemctl unmask --runtime nvkmd && systemctl start nvkmd")
-            wait_kernel_ready(c, GOOD)
-        times[mode].append(timed_apt(c, f"install {HEADERS}"))
+    # Masked too: the kernel hook's D-Bus call would start it again.
+    c.run("systemctl mask --runtime nvkmd && systemctl stop nvkmd")
+    stopped = timed_apt(c, f"install {HEADERS}")
+    apt(c, f"purge {HEADERS}")
+    c.run("systemctl unmask --runtime nvkmd && systemctl start nvkmd")
+    wait_kernel_ready(c, GOOD)
+    wait_idle(c)
+
+    cpu = cpu_seconds(c)
+    running = timed_apt(c, f"install {HEADERS}")
+    cpu = cpu_seconds(c) - cpu
     apt_done = time.time()
-    stopped, running = min(times["stopped"]), min(times["running"])
-    print(f"\napt-get install {HEADERS}: with nvkmd stopped "
-          f"{', '.join(f'{t:.1f}s' for t in times['stopped'])}; with nvkmd running "
-          f"{', '.join(f'{t:.1f}s' for t in times['running'])}")
-    assert running <= stopped * 1.5 + 5, times
+    print(f"\napt-get install {HEADERS}: {stopped:.1f}s with nvkmd stopped, {running:.1f}s with "
+          f"nvkmd running (nvkmd used {cpu:.2f}s of CPU meanwhile)")
+    # The wall times move with whatever else this machine runs, so the
+    # bound is loose; what nvkmd itself spent during the transaction is
+    # the sharp measure (16,000 files unpacked under its inotify watches).
+    assert cpu <= max(2.0, 0.1 * running), (cpu, running)
+    assert running <= 2 * stopped + 20, (stopped, running)
 
     s = wait_kernel_ready(c, OTHER, timeout=300)
     other_jobs = [j for j in jobs(c) if j["kernel"] == OTHER]
-    # The first running round's build, then the last one's (a kernel that
-    # comes back is built again).
-    assert [j["state"] for j in other_jobs][-1:] == ["succeeded"], other_jobs
+    assert [j["state"] for j in other_jobs] == ["succeeded"], other_jobs
     # Started only once apt had let go of dpkg's lock, not inside the
     # transaction (the container's clock is this machine's).
     assert other_jobs[-1]["started_at"] >= apt_done - 1.0, (other_jobs[-1], apt_done)
@@ -87,6 +100,7 @@ def _stray(c, release: str) -> list[str]:
 
 def test_sigkill_mid_build_restarts_resumes_and_leaves_nothing_half_installed(tiny):
     c = tiny
+    wait_idle(c)
     before = _digests(c, GOOD)
     close_gate(c)
     try:
@@ -117,6 +131,7 @@ def test_sigkill_mid_build_restarts_resumes_and_leaves_nothing_half_installed(ti
 
 def test_removing_headers_drops_their_queued_build(tiny):
     c = tiny
+    wait_idle(c)
     close_gate(c)
     try:
         first = build(c, GOOD)
