@@ -154,3 +154,44 @@ def test_blscfg_menu_lists_the_bls_entries(tmp_path):
     nb = next_boot(paths, K)
     assert (nb.kernel, nb.source, nb.entry) == ("6.1.0-47-amd64", "saved_entry in grubenv",
                                                  f"{mid}-6.1.0-47-amd64")
+
+
+ODD_MENU = """\
+set timeout=5
+menuentry 'first' --id 'zero' {
+  linux /boot/vmlinuz-6.1.0-1-amd64
+}
+menuentry 'second' --id '0123x' {
+  linux /boot/vmlinuz-6.1.0-2-amd64
+}
+menuentry 'a>b title' --id 'third' {
+  linux /boot/vmlinuz-6.1.0-3-amd64
+}
+submenu 'More' --id 'more' {
+  menuentry 'inner one' --id 'in1' {
+    linux /boot/vmlinuz-6.1.0-4-amd64
+  }
+  menuentry 'inner two' --id 'in2' {
+    linux /boot/vmlinuz-6.1.0-5-amd64
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("spec", [
+    "0123x",            # leading digits: GRUB reads an index (octal 0123), out of range
+    "0x2",              # hex index
+    "1abc",             # index 1, the rest ignored
+    "a>>b title",       # ">>" is a literal ">" in a title
+    "more>in2", "3>1", "more", "3>9", "more>nothing", "nothing", "", "4",
+])
+def test_resolution_agrees_with_real_grub_on_odd_values(tmp_path, spec):
+    """A menu written in GRUB's own language, the value set as grub.cfg
+    sets it; grub-emu (GRUB's normal.mod) boots one entry, nvkmd predicts it."""
+    root = tmp_path / "r"
+    (root / "boot/grub").mkdir(parents=True)
+    (root / "boot/grub/grub.cfg").write_text(f'set default="{spec}"\n' + ODD_MENU)
+    bl.run("grub-editenv", str(root / "boot/grub/grubenv"), "create")
+    cfg = grub.read_config(Paths.build(root))
+    path, _ = grub.resolve(cfg.menu, spec if spec else None)
+    assert path[-1].release == bl.grub_boots(root, tmp_path), spec
