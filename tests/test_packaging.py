@@ -210,6 +210,10 @@ def test_the_three_packages_install_the_same_files(deb, arch, rpm, snapshot):
     modules = {"<site-packages>/" + str(p.relative_to(snapshot))
                for p in (snapshot / "nvkmd").rglob("*.py")}
     assert modules <= common["deb"], modules - common["deb"]
+    # Every optional drop-in of the service is there to copy into /etc.
+    dropins = {f"/usr/share/doc/nvkmd/examples/{p.name}"
+               for p in (snapshot / "systemd/nvkmd.service.d").glob("*.conf")}
+    assert dropins and dropins <= common["deb"], dropins - common["deb"]
     for p in ("/usr/bin/nvkmd", "/usr/bin/nvkmctl", "/usr/bin/nvkmd-agent",
               "/usr/lib/systemd/system/nvkmd.service", "/usr/lib/systemd/system/nvkmd-ready.service",
               "/usr/lib/systemd/user/nvkmd-agent.service",
