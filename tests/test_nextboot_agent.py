@@ -71,3 +71,16 @@ def test_rules_follow_the_daemons_next_boot_not_the_newest():
     p = progress_notice("6.1.0-47-amd64", "compile", 40, boots_next=True)
     assert p.body == "Compiling: 40%\n6.1.0-47-amd64 boots next: wait for this build before rebooting."
     assert progress_notice("6.1.0-47-amd64", "compile", 40).body == "Compiling: 40%"
+
+
+def test_guard_off_means_no_warning_from_the_agent():
+    import dataclasses
+
+    from nvkmd.agent.rules import boot_at_risk
+    from nvkmd.model import DaemonStatus, KernelStatus, SourceInfo, next_boot_of
+    ks = [KernelStatus("6.1.0-47-amd64", False, False, "", "waiting-for-headers", "none", "")]
+    nb = next_boot_of("6.1.0-47-amd64", ks, loader="grub", guard="warn")
+    st = DaemonStatus("0.1.0", "idle", SourceInfo("/s", "9", "git"), ks, [], next_boot=nb)
+    assert boot_at_risk(st).release == "6.1.0-47-amd64"
+    off = dataclasses.replace(st, next_boot=dataclasses.replace(nb, guard="off"))
+    assert boot_at_risk(off) is None

@@ -172,6 +172,8 @@ def boot_at_risk(status: DaemonStatus, warned_for: str = "") -> KernelStatus | N
     build is queued or running is not at risk yet (the progress notification
     says nvkmd is on it) unless the warning is already up for it
     (``warned_for``): then it stays until the module is ready."""
+    if status.next_boot is not None and status.next_boot.guard == "off":
+        return None                 # boot.guard = "off": no warnings
     k = next_boot_of(status)
     if k is None or k.state == "ready" or (just_built(k) and not status.source.error):
         return None
