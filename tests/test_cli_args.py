@@ -30,6 +30,9 @@ def nvkmctl(*args: str, **kw) -> subprocess.CompletedProcess:
     (("jobs", "-n", "99999999"), "argument -n/--finished"),
     (("cleanup", "--keep", "-1"), "argument --keep"),
     (("source", "sync", "-k", "6.1..x"), "not a kernel release"),
+    (("wait-ready", "-k", "../../etc"), "not a kernel release"),
+    (("wait-ready", "-t", "nan"), "expected a finite number of seconds > 0, got nan"),
+    (("boot", "try", ""), "not a kernel release"),
 ])
 def test_malformed_arguments_are_exit_2_with_no_daemon(args, message):
     proc = nvkmctl(*args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from nvkmd.cli import argtypes
 from nvkmd.cli.common import client, glyphs, interactive, out, print_json
 
 EXIT_NOT_READY = 1
@@ -33,7 +34,7 @@ def setup_boot(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="boot_command", metavar="try|guard", required=True)
     t = sub.add_parser("try", help="boot KERNEL once, at the next boot only, if its module is "
                        "ready (privileged)")
-    t.add_argument("kernel", metavar="KERNEL")
+    t.add_argument("kernel", metavar="KERNEL", type=argtypes.release)
     g = sub.add_parser("guard", help="set the boot guard: off, warn, pin, or config (what "
                        "boot.guard in the configuration says) (privileged)")
     g.add_argument("mode", choices=("off", "warn", "pin", "config"))

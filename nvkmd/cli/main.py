@@ -56,9 +56,10 @@ def _none(p: argparse.ArgumentParser) -> None:
 
 
 def setup_wait_ready(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-k", "--kernel", default="", metavar="K",
+    from nvkmd.cli import argtypes
+    p.add_argument("-k", "--kernel", default="", metavar="K", type=argtypes.kernel,
                    help="the kernel release to check (default: the running kernel)")
-    p.add_argument("-t", "--timeout", type=float, default=600.0, metavar="S",
+    p.add_argument("-t", "--timeout", type=argtypes.seconds, default=600.0, metavar="S",
                    help="give up after S seconds (default 600; nvkmd-ready.service's "
                         "TimeoutStartSec= stays above it)")
 
