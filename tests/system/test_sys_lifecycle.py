@@ -41,7 +41,9 @@ def test_upgrade_restarts_the_service_and_keeps_queue_and_history(installed, nvk
         wait_gated(c, in_flight)
         old = c.show("nvkmd", "MainPID", "ExecMainStartTimestampMonotonic")
         shutil.copy2(next_deb, c.path(f"/root/{next_deb.name}"))
-        apt(c, f"install /root/{next_deb.name}")
+        # Keep the edited conffile without a prompt, as unattended-upgrades
+        # does, should the next version ship a changed one.
+        apt(c, f"install -o Dpkg::Options::=--force-confold /root/{next_deb.name}")
         assert c.run("dpkg-query -W -f '${Version}' nvkmd").stdout == deb_version(next_deb)
         assert deb_version(next_deb) != deb_version(nvkmd_deb)
         new = c.show("nvkmd", "MainPID", "ExecMainStartTimestampMonotonic", "ActiveState")
