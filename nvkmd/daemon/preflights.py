@@ -21,8 +21,6 @@ import collections
 import contextlib
 import dataclasses
 import itertools
-import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +28,7 @@ import structlog
 
 from nvkmd.build.preflight import Runner
 from nvkmd.config import Config
+from nvkmd.daemon.preflightstore import ResultStore
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
 from nvkmd.system import candidates as cands
@@ -42,46 +41,11 @@ from nvkmd.watch.events import WatchEvent
 log = structlog.get_logger()
 
 APT_LISTS_TAG, PACMAN_SYNC_TAG = "apt-lists", "pacman-sync"
-MAX_RESULTS = 200            # kept results; the oldest go first
 MAX_QUEUE = 32               # requests waiting; more is Busy
 IDLE_POLL_S = 2.0
 LOCK_RETRY_S = 1.0
 
 Emit = Callable[[int, list[PreflightResult]], None]   # (request id, results): PreflightFinished
-
-
-class ResultStore:
-    """``preflight.json``: results by key, and the holds nvkmd placed."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.results: dict[str, dict] = {}
-        # candidate key -> {"package", "version", "packages"}: what nvkmd holds
-        self.held: dict[str, dict] = {}
-        try:
-            data = json.loads(path.read_text())
-            self.results = {k: v for k, v in data.get("results", {}).items() if isinstance(v, dict)}
-            self.held = {k: v for k, v in data.get("held", {}).items()
-                         if isinstance(v, dict) and isinstance(v.get("packages"), list)}
-        except (OSError, ValueError, AttributeError):
-            pass      # none yet, or unreadable: start over, the results are recomputable
-
-    def get(self, key: str) -> PreflightResult | None:
-        d = self.results.get(key)
-        return PreflightResult.from_dict(d) if d else None
-
-    def put(self, r: PreflightResult) -> None:
-        self.results.pop(r.key, None)
-        self.results[r.key] = r.to_dict()
-        while len(self.results) > MAX_RESULTS:
-            self.results.pop(next(iter(self.results)))
-        self.save()
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"results": self.results, "held": self.held}, indent=1))
-        os.replace(tmp, self.path)
 
 
 @dataclasses.dataclass
@@ -161,8 +125,7 @@ class Preflights:
                     await t
 
     def _arm_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.config.preflight_interval_s, self._tick)
+        self._timer = asyncio.get_running_loop().call_later(self.config.preflight_interval_s, self._tick)
 
     def _tick(self) -> None:
         self.lists_changed()
@@ -360,8 +323,8 @@ class Preflights:
             except NvkmdError as e:
                 log.warning("a held kernel is gone from apt's lists", package=entry["package"],
                             error=e.message)
-                continue
-            out.append(c)
+            else:
+                out.append(c)
         return out
 
     def _release_holds(self, source: Source) -> None:
