@@ -136,7 +136,7 @@ def status_text(s: DaemonStatus, g: Glyphs = UNICODE) -> str:
         out.append("  (none)")
     out.append("")
     if s.candidates:
-        from nvkmd.cli.preflightcmd import candidate_lines
+        from nvkmd.cli.candidates import candidate_lines
         out.extend(candidate_lines(s.candidates, g) + [""])
     active = [j for j in s.jobs if j.state in ACTIVE_JOB_STATES]
     out.append(f"Jobs ({len(active)}):")
