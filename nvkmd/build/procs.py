@@ -62,7 +62,8 @@ def _has_token(pid: int, marker: bytes) -> bool:
 
 def members(token: str, leader: int | None = None) -> set[int]:
     """The live (not zombie) processes of the build with ``token``; with
-    ``leader``, also its process group and descendants."""
+    ``leader``, also its process group (the leader itself included: it runs
+    in a session of its own) and their descendants."""
     marker = f"{BUILD_ENV}={token}".encode()
     me = os.getpid()
     table: dict[int, tuple[str, int, int, int]] = {}
@@ -71,8 +72,6 @@ def members(token: str, leader: int | None = None) -> set[int]:
             table[int(entry.name)] = st
     found = {pid for pid, st in table.items() if st[0] != "Z" and pid != me and
              ((leader is not None and st[2] == leader) or _has_token(pid, marker))}
-    if leader is not None and leader in table:
-        found.add(leader)
     # Parent links: whatever found processes started, however they cleared their env.
     grew = True
     while grew:
