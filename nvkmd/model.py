@@ -103,6 +103,9 @@ class JobInfo(Record):
     hint: str = ""
     log: str = ""
     reason: str = ""            # why it was queued; RESUMED for one a restart took up again
+    # A running build's seconds left, from the previous build of its driver
+    # version on this machine (build/history.py); -1 when not known.
+    eta_s: float = -1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +253,7 @@ class JobProgress:
     kernel: str
     phase: str
     percent: int
+    eta_s: float = -1.0         # in-process only: the signal's args stay (tssu); JobInfo has it
 
 
 @dataclasses.dataclass(frozen=True)

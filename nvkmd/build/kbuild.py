@@ -9,14 +9,15 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable
 
-from nvkmd.build import diagnose, procs
+from nvkmd.build import diagnose, history, procs
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.system.kernels import Kernel
 from nvkmd.procenv import child_env
-from nvkmd.build.progress import Counts, Progress, ProgressTracker, parse_counts
+from nvkmd.build.progress import Counts, Progress, ProgressTracker, kbuild_conftests, parse_counts
 from nvkmd.system.source import Source
 
 
@@ -53,7 +54,13 @@ def count_lines(kernel: Kernel, source: Source, build_dir: Path) -> Counts:
                               timeout=120, check=False)
         counts = parse_counts(proc.stdout)
         if counts:
-            return counts
+            # count-lines.mk leaves out Kbuild's own conftests (header presence, sanity).
+            try:
+                kbuild = (build_dir / "Kbuild").read_text(errors="replace")
+            except OSError:
+                kbuild = ""
+            return Counts(counts.conftests + kbuild_conftests(kbuild), counts.objects,
+                          counts.modules)
     # No count-lines.mk: every C file is an object, and the tree says its modules.
     objects = sum(1 for _ in build_dir.rglob("*.c"))
     return Counts(0, objects, max(1, len(source.modules)))
@@ -100,12 +107,17 @@ async def run_make(kernel: Kernel, source: Source, build_dir: Path, jobs: int, t
     timeout marker goes to the log and the status is -SIGKILL) and when the
     calling task is cancelled (the marker says so; CancelledError propagates).
     """
-    tracker = ProgressTracker(count_lines(kernel, source, build_dir))
+    state_dir = kernel.paths.state_dir
+    tracker = ProgressTracker(count_lines(kernel, source, build_dir),
+                              history.previous(state_dir, source.version), time.monotonic)
     cmd = ["make", f"-j{jobs}", *make_vars(kernel), "modules"]
     log("$ " + " ".join(cmd))
     proc, token = await start_build(cmd, build_dir, registry)
     try:
-        return await _supervise(proc, token, timeout_s, log, tracker, on_progress)
+        rc = await _supervise(proc, token, timeout_s, log, tracker, on_progress)
+        if rc == 0:      # a failed build's lines are no total for the next one
+            history.record(state_dir, source.version, tracker.learned_now(), time.time())
+        return rc
     finally:
         if registry is not None:
             registry.remove(token)

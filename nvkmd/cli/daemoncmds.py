@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from typing import Any
 
 from nvkmd.cli import argtypes
@@ -72,6 +73,9 @@ async def cmd_build(args: argparse.Namespace) -> int:
     progress: dict[int, JobProgress] = {}
     changed = asyncio.Event()
     gone: list[str] = []
+    # When each running job should end, by the previous build of its driver
+    # version (JobInfo.eta_s; the JobProgress signal does not carry it).
+    ends: dict[int, tuple[str, float]] = {}
 
     def on_event(e: Any) -> None:
         if isinstance(e, JobFinished):
@@ -123,7 +127,13 @@ async def cmd_build(args: argparse.Namespace) -> int:
             running = [progress[i] for i in ids if i in progress and i not in finished]
             if tty and running:
                 p = running[-1]
-                out("\r\x1b[K" + progress_bar(p.kernel, p.phase, p.percent, g))
+                if ends.get(p.job_id, ("",))[0] != p.phase:      # a few times per build
+                    j = next((j for j in await c.jobs(0) if j.id == p.job_id), None)
+                    eta = j.eta_s if j is not None else -1.0
+                    ends[p.job_id] = (p.phase, time.monotonic() + eta if eta >= 0 else -1.0)
+                end = ends[p.job_id][1]
+                out("\r\x1b[K" + progress_bar(p.kernel, p.phase, p.percent, g,
+                                               eta_s=max(end - time.monotonic(), 0.0) if end >= 0 else -1.0))
             changed.clear()
             await changed.wait()
     results = [finished[i] for i in ids]

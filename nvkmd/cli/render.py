@@ -182,10 +182,18 @@ def jobs_text(js: list[JobInfo]) -> str:
     return "\n".join(lines or ["  (no jobs)"]) + "\n"
 
 
-def progress_bar(kernel: str, phase: str, percent: int, g: Glyphs = UNICODE, width: int = 30) -> str:
+def progress_bar(kernel: str, phase: str, percent: int, g: Glyphs = UNICODE, width: int = 30,
+                 eta_s: float = -1.0) -> str:
     pct = max(0, min(100, percent))
     done = width * pct // 100
-    return f"{kernel} {g.fill * done}{g.empty * (width - done)} {phase:<8} {pct:3d}%"
+    bar = f"{kernel} {g.fill * done}{g.empty * (width - done)} {phase:<8} {pct:3d}%"
+    return bar + (f"  about {eta_text(eta_s)} left" if eta_s >= 0 else "")
+
+
+def eta_text(seconds: float) -> str:
+    """``1:05`` or ``12s``: the time left, from the previous build of the same driver."""
+    s = max(0, round(seconds))
+    return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s}s"
 
 
 def finished_text(kernel: str, result: str, cause: str, hint: str, log: str) -> str:

@@ -186,7 +186,7 @@ class Builder:
         if p.phase != before.phase or p.percent // 10 != before.percent // 10:
             log.info("build progress", kernel=job.kernel, job=job.id, phase=p.phase,
                      percent=p.percent)
-        sh.emit(JobProgress(job.id, job.kernel, p.phase, p.percent))
+        sh.emit(JobProgress(job.id, job.kernel, p.phase, p.percent, p.eta_s))
         sh.emit_state()
 
     # -- what others ask of it --------------------------------------------------------
@@ -210,5 +210,6 @@ class Builder:
         sh = self.shared
         cur = sh.current
         if cur is not None and job.id == cur.id and job.state == "running":
-            return dataclasses.replace(job, phase=sh.progress.phase, percent=sh.progress.percent)
+            return dataclasses.replace(job, phase=sh.progress.phase, percent=sh.progress.percent,
+                                       eta_s=sh.progress.eta_s)
         return job
