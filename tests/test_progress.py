@@ -158,3 +158,20 @@ def test_history_file_damaged_or_odd_is_no_previous_build(tmp_path):
         history.record(tmp_path, f"1.{i}", Learned({"conftest": 1}, {"conftest": 1.0}, 1.0), at=float(i))
     assert history.previous(tmp_path, "1.0") is None
     assert history.previous(tmp_path, f"1.{history.KEEP + 2}") is not None
+
+
+def test_a_real_build_is_remembered_for_the_next(root):
+    """``nvkmd --once`` builds the tiny tree for real: the state dir then
+    holds what it printed, which the next build of 9.9.1 starts from."""
+    from helpers import run_nvkmd
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    root.add_tiny_source()
+    assert run_nvkmd("--once", "--root", str(root.path)).returncode == 0
+    learned = history.previous(root.path / "var" / "lib" / "nvkmd", "9.9.1")
+    assert learned is not None
+    # As the recorded output of the same build shows (tests/data/progress).
+    assert learned.lines == {"conftest": 2, "compile": 5, "link": 4}
+    assert learned.total_s > 0 and sum(learned.seconds.values()) <= learned.total_s
+    t = ProgressTracker(Counts(2, 3, 2), learned, clock=lambda: 0.0)
+    assert t.feed(" CONFTEST: kernel_version").eta_s == pytest.approx(learned.total_s)
