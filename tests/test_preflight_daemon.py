@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import aptrepo
 from dbus_helpers import run
@@ -152,3 +153,39 @@ def test_hold_keeps_a_breaking_kernel_out_until_a_driver_builds_it(root, bus, bu
     wait_for(lambda: local.selection(pkg) == "install", 30, "the hold to be released")
     assert c["held"] is False
     assert daemon.stop() == 0
+
+
+def test_a_real_build_cancels_the_background_preflight_which_runs_again_after(root, bus, bus_daemon,
+                                                                            tmp_path):
+    need_kernels(2)
+    root.add_kernel(OLD)
+    tiny_root(root)
+    local = aptrepo.LocalApt(root.path / "apt")
+    root.configure(root.config_text + "[daemon]\ndebounce_s = 0.2\n"
+                   f'[preflight]\napt_config = "/apt/apt.conf"\n')
+    dl = tmp_path / "dl"
+    arch, common, kbuild = aptrepo.headers_debs(dl, CANDIDATE)
+    local.publish(aptrepo.bump(arch, BUMP, dl), aptrepo.bump(common, BUMP, dl), kbuild)
+    daemon = bus_daemon(root, bus, wrapper=READ_ONLY)
+    wait_for(lambda: any(k.release == OLD and k.state == "ready"
+                         for k in run(bus.address, lambda c: c.status()).kernels), 120, "the first build")
+    local.update()
+    wait_for(lambda: [c for c in candidates(bus.address) if c.get("state") == "checking"], 120,
+             "the background preflight to start", interval=0.01)
+    # A kernel arrives: its real build goes first.
+    new = "6.1.0-56-amd64"
+    root.add_kernel(new)
+    wait_for(lambda: any(k.release == new and k.state == "ready"
+                         for k in run(bus.address, lambda c: c.status()).kernels), 120, "the real build")
+    (c,) = wait_for(lambda: [c for c in candidates(bus.address) if c.get("state") == "ready"], 300,
+                    "the preflight, run again after the real build")
+    logs = sorted((root.path / "var/log/nvkmd/preflight" / CANDIDATE).glob("build-*.log"),
+                  key=lambda p: p.stat().st_mtime_ns)
+    results = [next(line for line in p.read_text().splitlines() if line.startswith("# result:"))
+               for p in logs]
+    # Only the log can say a preflight was stopped before it wrote one.
+    assert "preflight cancelled: a real build is needed" in daemon.log_text()
+    # Cancelled, if it had got as far as a build log; then built to the end.
+    assert results[-1] == "# result: success" and set(results[:-1]) <= {"# result: cancelled"}, results
+    real = (root.path / "var/log/nvkmd" / new / "latest.log").resolve().stat().st_mtime
+    assert Path(c["log"]).stat().st_mtime > real
