@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TestRoot, need_kernels, run_nvkmd
+from helpers import TestRoot as Root
+from helpers import need_kernels, run_nvkmd
 from nvkmd.errors import ErrorCode
 from nvkmd.system import trust
 
@@ -38,7 +39,7 @@ def open_root(monkeypatch):
     attacker.mkdir(mode=0o755)
     os.chown(attacker, NOBODY, NOBODY)
     monkeypatch.setenv("NVKMD_RUNNING_KERNEL", "0.0.0-not-installed")
-    r = TestRoot(base / "root")
+    r = Root(base / "root")
     r.attacker = attacker
     yield r
     shutil.rmtree(base, ignore_errors=True)
@@ -118,11 +119,11 @@ def test_sticky_tmp_is_accepted_as_a_parent_but_not_as_the_directory(open_root):
 
 # -- 2. state and cache directories, and the products in the cache ------------------
 
-def _installed(r: TestRoot, k: str) -> dict[str, str]:
+def _installed(r: Root, k: str) -> dict[str, str]:
     return {p.name: _sha(p) for p in sorted(r.nvkmd_dir(k).glob("*.ko*"))}
 
 
-def _cache_entries(r: TestRoot, k: str) -> list[Path]:
+def _cache_entries(r: Root, k: str) -> list[Path]:
     return sorted(p for p in (r.path / "var/lib/nvkmd/cache/products" / k).iterdir()
                   if not p.name.startswith("."))
 
