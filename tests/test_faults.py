@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import need_kernels, run_nvkmd
+from helpers import REPO, need_kernels, run_nvkmd
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.install.modules import InstallError, install
 from nvkmd.jobs.store import JobStore
@@ -226,3 +227,15 @@ def test_a_resumed_job_says_resumed_not_forced(tmp_path):
     assert "(resumed after a restart)" in line and "forced" not in line
     forced, _ = store.enqueue("6.1.0-56-amd64", "9.9.1", force=True, reason="requested")
     assert "(forced)" in job_line(store.get(forced.id))
+
+
+def test_fix_with_a_stray_kernel_dir_does_its_work(root):
+    k = need_kernels(1)[-1]
+    root.add_kernel(k, headers=False)
+    (root.modules / k / "kernel").mkdir()
+    (root.modules / STRAY).mkdir()
+    proc = subprocess.run([sys.executable, "-m", "nvkmd.cli", "--bus", "unix:path=/nonexistent",
+                           "--root", str(root.path), "fix"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "nvkmctl: not a kernel release" not in proc.stdout + proc.stderr
