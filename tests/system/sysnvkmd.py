@@ -185,11 +185,12 @@ def build(c: Container, release: str, force: bool = True) -> int:
 
 
 def wait_gated(c: Container, job_id: int, timeout: float = 120.0) -> dict:
-    """The job is running and held at the gate."""
+    """The job is running and held at the gate.  (pgrep without a shell:
+    a `sh -c` around it would carry the pattern and match itself.)"""
     deadline = time.monotonic() + timeout
     while True:
         j = job(c, job_id)
-        if j and j["state"] == "running" and c.run(f"pgrep -f 'while \\[ -e {GATE} '",
+        if j and j["state"] == "running" and c.run(["pgrep", "-f", f"while \\[ -e {GATE} "],
                                                    check=False).returncode == 0:
             return j
         if time.monotonic() > deadline:

@@ -107,7 +107,11 @@ def test_sigkill_mid_build_restarts_resumes_and_leaves_nothing_half_installed(ti
         job_id = build(c, GOOD)
         wait_gated(c, job_id)
         old = c.show("nvkmd", "MainPID", "NRestarts")
-        c.run("systemctl kill -s SIGKILL nvkmd")
+        r = c.run("systemctl kill -s SIGKILL nvkmd", check=False)
+        # systemd 252 says EIO when a build process exits while it walks
+        # the cgroup; the main process got its SIGKILL all the same (the
+        # restart below shows it).
+        assert r.returncode == 0 or "to auxiliary processes" in r.stderr, r.out
         c.wait("systemctl show -p MainPID,ActiveState nvkmd", 60, "systemd to restart nvkmd",
                ok=lambda r: "ActiveState=active" in r.stdout and f"MainPID={old['MainPID']}\n" not in r.stdout
                and "MainPID=0\n" not in r.stdout)
