@@ -175,3 +175,13 @@ def test_a_real_build_is_remembered_for_the_next(root):
     assert learned.total_s > 0 and sum(learned.seconds.values()) <= learned.total_s
     t = ProgressTracker(Counts(2, 3, 2), learned, clock=lambda: 0.0)
     assert t.feed(" CONFTEST: kernel_version").eta_s == pytest.approx(learned.total_s)
+
+
+def test_the_eta_is_shown_where_people_look():
+    from nvkmd.agent.rules import progress_notice
+    from nvkmd.cli.render import progress_bar
+    assert progress_notice("6.1.0-9-amd64", "compile", 40, eta_s=65.2).body == \
+        "Compiling: 40%, about 1:05 left"
+    assert progress_notice("6.1.0-9-amd64", "compile", 40).body == "Compiling: 40%"
+    assert progress_bar("6.1.0-9-amd64", "link", 99, eta_s=4).endswith(" 99%  about 4s left")
+    assert progress_bar("6.1.0-9-amd64", "link", 99).endswith(" 99%")

@@ -58,6 +58,9 @@ class Agent:
         self.queue: asyncio.Queue[tuple] = asyncio.Queue()
         self.gate = ProgressGate()
         self.versions: dict[int, str] = {}          # job id -> driver version
+        # job id -> when it should end (monotonic), from the JobInfo.eta_s a
+        # refresh read: the JobProgress signal does not carry the ETA.
+        self.ends: dict[int, float] = {}
         self.daemon_state = ""
         self.boot: Notice | None = None             # the boot warning wanted up
         self.boot_dismissed: Notice | None = None
@@ -148,8 +151,11 @@ class Agent:
         elif isinstance(ev, JobProgress):
             if self.config.progress and self.gate.allow(ev.kernel, ev.phase, ev.percent,
                                                         time.monotonic()):
+                end = self.ends.get(ev.job_id)
                 await self.screen.show(progress_notice(ev.kernel, ev.phase, ev.percent,
-                                                       ev.kernel == self.next_kernel))
+                                                       ev.kernel == self.next_kernel,
+                                                       max(end - time.monotonic(), 0.0)
+                                                       if end is not None else -1.0))
         elif isinstance(ev, NextBootChanged):
             if (ev.next_boot.kernel, ev.next_boot.ready) != (self.next_kernel, self.boot is None):
                 self._request_refresh()
@@ -199,12 +205,13 @@ class Agent:
         nb = st.next_boot
         self.next_kernel = nb.kernel if nb is not None and not nb.guess else ""
         failures = unseen_failures(st, self.seen.keys)
+        self.ends = {j.id: time.monotonic() + j.eta_s for j in running.values() if j.eta_s >= 0}
         if self.config.progress:
             for k, j in running.items():
                 if build_slot(k) not in self.screen.shown and \
                         self.gate.allow(k, j.phase, j.percent, time.monotonic()):
                     await self.screen.show(progress_notice(k, j.phase, j.percent,
-                                                           k == self.next_kernel))
+                                                           k == self.next_kernel, j.eta_s))
         for n in failures:
             await self.screen.show(n)
             self.screen.release(n.slot)

@@ -91,14 +91,23 @@ def success_notice(kernel: str, version: str) -> Notice:
                   urgency=LOW, icon="dialog-information", kernel=kernel)
 
 
-def progress_notice(kernel: str, phase: str, percent: int, boots_next: bool = False) -> Notice:
+def progress_notice(kernel: str, phase: str, percent: int, boots_next: bool = False,
+                    eta_s: float = -1.0) -> Notice:
+    """``eta_s``: seconds left by the previous build of the same driver
+    version on this machine (JobInfo.eta_s); -1 shows none."""
     percent = max(0, min(100, int(percent)))
     word = PHASE_WORDS.get(phase, "Building")
+    if eta_s >= 0:
+        s = round(eta_s)
+        word_eta = f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s}s"
+        percent_text = f"{percent}%, about {word_eta} left"
+    else:
+        percent_text = f"{percent}%"
     # A reboot now would start a kernel without its module: say so where
     # the user looks (the daemon's logind delay lock names the build too).
     wait = f"\n{kernel} boots next: wait for this build before rebooting." if boots_next else ""
     return Notice(slot=build_slot(kernel), summary=f"Building NVIDIA modules for {kernel}",
-                  body=f"{word}: {percent}%{wait}", urgency=NORMAL if boots_next else LOW,
+                  body=f"{word}: {percent_text}{wait}", urgency=NORMAL if boots_next else LOW,
                   icon="system-run", percent=percent, kernel=kernel)
 
 

@@ -110,6 +110,8 @@ async def run_make(kernel: Kernel, source: Source, build_dir: Path, jobs: int, t
     state_dir = kernel.paths.state_dir
     tracker = ProgressTracker(count_lines(kernel, source, build_dir),
                               history.previous(state_dir, source.version), time.monotonic)
+    if tracker.eta() >= 0:
+        on_progress(Progress("prepare", 0, tracker.eta()))   # the ETA from the start
     cmd = ["make", f"-j{jobs}", *make_vars(kernel), "modules"]
     log("$ " + " ".join(cmd))
     proc, token = await start_build(cmd, build_dir, registry)
