@@ -208,9 +208,11 @@ def apt_upgrade_candidates(apt: Apt) -> list[Candidate]:
 class Pacman:
     root: Path
     dbpath: Path
+    config: Path | None = None        # a test root's own pacman.conf
 
     def run(self, *args: str, timeout: float = QUERY_TIMEOUT_S) -> subprocess.CompletedProcess:
-        cmd = ["pacman", "--root", str(self.root), "--dbpath", str(self.dbpath), *args]
+        cmd = ["pacman", "--root", str(self.root), "--dbpath", str(self.dbpath),
+               *(["--config", str(self.config)] if self.config else []), *args]
         try:
             return subprocess.run(cmd, capture_output=True, text=True, env=child_env(),
                                   timeout=timeout, check=False, stdin=subprocess.DEVNULL)
@@ -224,7 +226,9 @@ class Pacman:
 def pacman_for(paths: Paths) -> Pacman | None:
     if not (paths.pacman_dir / "local").is_dir() or shutil.which("pacman") is None:
         return None
-    return Pacman(paths.root, paths.pacman_dir)
+    conf = paths.at("etc/pacman.conf")
+    return Pacman(paths.root, paths.pacman_dir,
+                  conf if paths.root != Path("/") and conf.is_file() else None)
 
 
 def pacman_upgrade_candidates(pm: Pacman) -> list[Candidate]:
