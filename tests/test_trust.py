@@ -184,3 +184,13 @@ def test_a_cached_product_that_does_not_match_its_digest_is_built_again(open_roo
     # The rebuilt entry is recorded again: the next forced run installs from it.
     again = run_nvkmd("--once", "--force", "--root", str(r.path))
     assert f"{k}: success (from cache)" in again.stdout, again.stdout
+
+
+def test_group_write_is_refused_even_for_group_root(open_root):
+    """An ACL granting a user write shows as the group bits: root's group too."""
+    tree = open_root.add_tiny_source() / "kernel-open"
+    kbuild = tree / "Kbuild"
+    assert os.stat(kbuild).st_gid == 0
+    kbuild.chmod(0o664)
+    with pytest.raises(trust.Untrusted, match=f"{kbuild} is writable by group 0"):
+        trust.check_tree(tree)

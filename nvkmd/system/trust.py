@@ -6,8 +6,9 @@ the state, cache and log directories) must be out of reach of every other
 user.  The rules, applied to the path as the kernel resolves it:
 
 - every directory on the way from ``/`` and every entry in it is owned by
-  root, and no directory or file is writable by a group other than root's
-  or by others: such a user could replace what nvkmd is about to read;
+  root, and no directory or file is writable by its group or by others
+  (nor through an ACL, whose mask shows in the group bits): such a user
+  could replace what nvkmd is about to read;
 - one exception, for the parents only: a root-owned sticky directory
   (``/tmp``, ``/var/tmp``) may be world-writable, because others cannot
   rename or remove an entry they do not own there (sudo and OpenSSH treat
@@ -40,7 +41,9 @@ class Untrusted(NvkmdError):
 def _writable_by_others(st: os.stat_result) -> str | None:
     if st.st_mode & stat.S_IWOTH:
         return "writable by everyone"
-    if st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+    # Even for group root: with an ACL, the group bits are the mask of what
+    # named users and groups may do.
+    if st.st_mode & stat.S_IWGRP:
         return f"writable by group {st.st_gid}"
     return None
 
