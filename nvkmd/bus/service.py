@@ -21,6 +21,7 @@ from dbus_fast.aio import MessageBus
 from nvkmd import __version__, api, limits
 from nvkmd.bus import introspect, wire
 from nvkmd.bus.auth import Authorizer
+from nvkmd.bus.statuscache import StatusCache
 from nvkmd.bus.throttle import PropertyState, Throttle
 from nvkmd.errors import ErrorCode, NvkmdError, invalid
 from nvkmd.verdict import PreflightFinished
@@ -92,6 +93,7 @@ class ManagerService:
         self._closed = False
         interval = 1.0 / api.PROGRESS_RATE_HZ
         self.progress = Throttle(interval)
+        self.status_cache = StatusCache(lambda: [wire.status(self.core.status())])
         initial = {"Version": __version__, "State": "starting", "CurrentJob": 0,
                    "Progress": ("", 0), "SourceVersion": "",
                    "NextBoot": NextBoot("", False, "unknown", "the daemon is starting")}
@@ -220,6 +222,7 @@ class ManagerService:
             self._error(msg, NvkmdError(ErrorCode.INTERNAL, f"internal error in {method.name} "
                                         "(see the daemon's journal)"))
             return
+        self.status_cache.answered(method.action)
         self._reply(msg, method.out_signature, body)
 
     async def _finish(self, msg: Message, method: api.Method, args: list[Any], body: Any) -> None:
@@ -233,11 +236,12 @@ class ManagerService:
             self._error(msg, NvkmdError(ErrorCode.INTERNAL, f"internal error in {method.name} "
                                         "(see the daemon's journal)"))
             return
+        self.status_cache.answered(method.action)
         self._reply(msg, method.out_signature, result)
 
     # The methods: core call in, D-Bus body out.
     def _do_GetStatus(self) -> list:
-        return [wire.status(self.core.status())]
+        return self.status_cache.get()        # per state version (statuscache.py)
 
     def _do_ListKernels(self) -> list:
         return [wire.records(self.core.kernels())]
@@ -326,6 +330,7 @@ class ManagerService:
             log.exception("cannot publish event", event=repr(event)[:200])
 
     def _event(self, event: Event) -> None:
+        self.status_cache.changed()           # whatever happened, GetStatus computes anew
         now = time.monotonic()
         if isinstance(event, JobQueued):
             j = event.job

@@ -1,0 +1,105 @@
+"""GetStatus is answered from the reply kept for the current state version
+(issue 16, P8): many calls with nothing changed compute the status once;
+any event of the core, or a privileged method's answer, makes the next
+call compute it anew, and what it shows is the new state.
+
+In-process: the real Core on a test root with the tiny source and real
+headers, the real bus adapter (ManagerService) on a private dbus-daemon,
+and real GetStatus calls from a second connection.  Counting is the
+adapter's own counter (StatusCache.computed); nothing is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from dbus_fast import Message, MessageType
+
+from helpers import need_kernels
+from nvkmd import api
+from nvkmd.bus.service import ManagerService
+from nvkmd.bus.statuscache import StatusCache
+from nvkmd.config import Config
+from nvkmd.daemon.core import Core
+from nvkmd.dbusconn import open_bus
+from nvkmd.paths import Paths
+
+
+def state_of(status, job_id: int) -> str:
+    return next((j["state"].value for j in status["jobs"].value if j["id"].value == job_id), "")
+
+
+def test_unchanged_state_is_computed_once_and_any_change_computes_anew(root, bus):
+    k = need_kernels(1)[-1]
+    root.add_tiny_source()
+    root.add_kernel(k)
+
+    async def main():
+        paths = Paths.build(root.path)
+        config = Config.load(paths.config_file)
+        core = Core(Paths.build(root.path, config=config), config)
+        await core.start()                 # scans; the builder is not started
+        server = await open_bus(bus.address)
+        client = await open_bus(bus.address)
+        service = ManagerService(core, server)
+        server.add_message_handler(service.handle)
+        core.subscribe(service.on_event)
+        await server.request_name(api.BUS_NAME)      # the busconfig lets callers reach only it
+
+        async def get_status():
+            reply = await client.call(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
+                                              interface=api.INTERFACE, member="GetStatus"))
+            assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+            return reply.body[0]
+
+        try:
+            cache = service.status_cache
+            first = await get_status()
+            base = cache.computed
+            bodies = await asyncio.gather(*(get_status() for _ in range(100)))
+            assert cache.computed == base, "GetStatus recomputed the status with nothing changed"
+            assert all(b == first for b in bodies)
+
+            # A core event (the queued job cancelled: JobFinished): the next
+            # call computes, and shows it.
+            (queued,) = [j for j in core.jobs(0) if j.state == "queued"]
+            core.cancel(queued.id)
+            after = await get_status()
+            assert cache.computed == base + 1
+            assert state_of(after, queued.id) == "cancelled" != state_of(first, queued.id)
+            await asyncio.gather(*(get_status() for _ in range(50)))
+            assert cache.computed == base + 1
+
+            # A privileged method over the bus (Build, as root): computed anew.
+            reply = await client.call(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
+                                              interface=api.INTERFACE, member="Build",
+                                              signature="sb", body=[k, True]))
+            assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+            (new_id,) = reply.body[0]
+            after = await get_status()
+            assert cache.computed == base + 2
+            assert state_of(after, new_id) == "queued"
+        finally:
+            service.close()
+            client.disconnect()
+            server.disconnect()
+            await core.stop()
+
+    asyncio.run(main())
+
+
+def test_privileged_answers_and_age_invalidate():
+    now = [0.0]
+    computed = []
+    cache = StatusCache(lambda: computed.append(1) or [len(computed)], max_age_s=1.0,
+                        clock=lambda: now[0])
+    assert cache.get() == [1] and cache.get() == [1]
+    cache.answered("")                      # GetStatus, ListJobs...: nothing changed
+    assert cache.get() == [1]
+    cache.answered("io.github.nvkmd.build")
+    assert cache.get() == [2]
+    now[0] = 0.99
+    assert cache.get() == [2]
+    now[0] = 1.5                            # a field no event announces is at most this old
+    assert cache.get() == [3]
+    assert cache.computed == 3
