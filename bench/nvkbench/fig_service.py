@@ -167,6 +167,16 @@ def p8(ctx: Context) -> stats.Figure:
               for _ in range(reps)]
     a = stats.summarize(anchor)
     samples["bus_getid_100"] = anchor
+    # One client's flood must not starve another: a second client's call
+    # latency, alone and while 100 connections of another process flood.
+    quiet = _load(addr, "latency", str(seconds / 2))
+    flood = subprocess.Popen([PY, str(LOAD), addr, "rate", "100", str(seconds + 2)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        during = _load(addr, "latency", str(seconds))
+    finally:
+        flooded = json.loads(flood.communicate(timeout=600)[0].strip().splitlines()[-1])
+    samples["other_client_quiet_s"] = [quiet["median_s"]]
     calls = 200 if ctx.dry else 5000
     log(f"P8: {calls} concurrent GetStatus calls from one client")
     b = _load(addr, "burst", str(calls))
@@ -175,12 +185,18 @@ def p8(ctx: Context) -> stats.Figure:
                             text=True, timeout=60).returncode == 0
     data = {"calls_per_s": {str(n): rates[n].to_dict() for n in rates}, "seconds_per_level": seconds,
             "bus_getid_100_per_s": a.to_dict(), "errors": errors, "burst": b,
-            "stayed_on_bus": still, "answering_after_burst": answer, "samples": samples}
+            "stayed_on_bus": still, "answering_after_burst": answer, "samples": samples,
+            "other_client": {"quiet": quiet, "during_flood": during,
+                             "flood_calls_per_s": flooded["calls"] / flooded["elapsed"]}}
     levels = ", ".join(f"{stats.fmt(rates[n], '', 0).strip()}/s @{n}" for n in rates)
     value = (f"{levels} clients; after {calls} concurrent calls ({b['calls']} answered): "
              f"{'on the bus and answering' if still and answer else 'GONE from the bus'}")
     fig = stats.Figure(8, P8, value, stats.ratio(rates[100].median, a.median),
                        f"the bus's own GetId @100 clients {stats.fmt(a, '', 0).strip()}/s", data)
+    fig.notes.append(f"another client's GetStatus during a 100-connection flood: median "
+                     f"{during['median_s'] * 1000:.1f} ms, p95 {during['p95_s'] * 1000:.1f} ms, max "
+                     f"{during['max_s'] * 1000:.1f} ms ({during['calls']} calls); alone "
+                     f"{quiet['median_s'] * 1000:.1f} ms")
     fig.notes.append(f"private dbus-daemon with the system bus's policy and limits, except "
                      f"max_replies_per_connection={svc.bus.limits.get('max_replies_per_connection')} "
                      "(stock: 128) so that every concurrent call reaches nvkmd; one load process")

@@ -5,6 +5,10 @@
       GetStatus through nvkmd.clients.manager, or the bus's own GetId (the anchor).
   python load.py ADDRESS burst CALLS
       one connection, CALLS GetStatus calls in flight at once.
+  python load.py ADDRESS latency SECONDS
+      one connection, one GetStatus call at a time for SECONDS: each call's
+      latency (P8 runs it beside a flood from another process, so one
+      client's flood is seen not to starve another client).
 
 Prints one JSON object: calls, errors (by name), elapsed seconds.  Talks to
 the private bus at ADDRESS only; every loop is bounded in time or count.
@@ -72,11 +76,32 @@ async def burst(address: str, n: int) -> dict:
     return {"calls": ok, "errors": dict(errors), "elapsed": elapsed, "sent": n}
 
 
+async def latency(address: str, seconds: float) -> dict:
+    c = await client.connect(address)
+    errors: collections.Counter = collections.Counter()
+    times: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        try:
+            await c.call("GetStatus", timeout=60)
+            times.append(time.monotonic() - t0)
+        except NvkmdError as e:
+            errors[e.code.value] += 1
+    c.close()
+    times.sort()
+    q = (lambda f: times[min(len(times) - 1, int(f * len(times)))] if times else 0.0)
+    return {"calls": len(times), "errors": dict(errors), "elapsed": seconds,
+            "median_s": q(0.5), "p95_s": q(0.95), "max_s": times[-1] if times else 0.0}
+
+
 def main() -> None:
     address, mode = sys.argv[1], sys.argv[2]
     if mode == "rate":
         out = asyncio.run(rate(address, int(sys.argv[3]), float(sys.argv[4]),
                                sys.argv[5] if len(sys.argv) > 5 else "nvkmd"))
+    elif mode == "latency":
+        out = asyncio.run(latency(address, float(sys.argv[3])))
     else:
         out = asyncio.run(burst(address, int(sys.argv[3])))
     print(json.dumps(out))
