@@ -31,7 +31,7 @@ def nvkmctl(*args: str, **kw) -> subprocess.CompletedProcess:
     (("cleanup", "--keep", "-1"), "argument --keep"),
     (("source", "sync", "-k", "6.1..x"), "not a kernel release"),
     (("wait-ready", "-k", "../../etc"), "not a kernel release"),
-    (("wait-ready", "-t", "nan"), "expected a finite number of seconds > 0, got nan"),
+    (("wait-ready", "-t", "nan"), "--timeout must be a positive number of seconds, not nan"),
     (("boot", "try", ""), "not a kernel release"),
 ])
 def test_malformed_arguments_are_exit_2_with_no_daemon(args, message):

@@ -5,7 +5,6 @@ before anything is asked of the daemon, whether it runs or not."""
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Callable
 
 from nvkmd import limits
@@ -34,17 +33,6 @@ log_job_id = _checked(lambda v: limits.job_id_arg(v, zero_ok=True), int)
 lines = _checked(limits.lines_arg, int)
 finished = _checked(limits.finished_arg, int)
 keep = _checked(limits.keep_arg, int)
-
-
-def seconds(text: str) -> float:
-    """A finite, positive number of seconds (a timeout of nan never ends)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text}")
-    return value
 
 
 def bus(text: str) -> str:

@@ -56,10 +56,11 @@ def _none(p: argparse.ArgumentParser) -> None:
 
 
 def setup_wait_ready(p: argparse.ArgumentParser) -> None:
-    from nvkmd.cli import argtypes
-    p.add_argument("-k", "--kernel", default="", metavar="K", type=argtypes.kernel,
+    # Checked by wait-ready itself, before it reads or asks anything, as one
+    # line (the boot's console shows it).
+    p.add_argument("-k", "--kernel", default="", metavar="K",
                    help="the kernel release to check (default: the running kernel)")
-    p.add_argument("-t", "--timeout", type=argtypes.seconds, default=600.0, metavar="S",
+    p.add_argument("-t", "--timeout", type=float, default=600.0, metavar="S",
                    help="give up after S seconds (default 600; nvkmd-ready.service's "
                         "TimeoutStartSec= stays above it)")
 

@@ -13,7 +13,6 @@ two on many command lines.
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 COMMAND = "wait-ready"
@@ -30,24 +29,8 @@ def _bus(text: str) -> str:
     return text
 
 
-def _kernel(text: str) -> str:
-    from nvkmd.errors import NvkmdError
-    from nvkmd.limits import kernel_arg   # argtypes.kernel's check
-    try:
-        return kernel_arg(text)
-    except NvkmdError as e:
-        raise ValueError(e.message) from None
-
-
-def _seconds(text: str) -> float:
-    value = float(text)                   # argtypes.seconds's check
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(text)
-    return value
-
-
 # The conversions argparse applies (a ValueError: let argparse say why).
-CONVERT = {"timeout": _seconds, "bus": _bus, "kernel": _kernel}
+CONVERT = {"timeout": float, "bus": _bus}
 
 
 def parse(argv: list[str]) -> SimpleNamespace | None:
