@@ -187,3 +187,28 @@ def test_decision_is_pure():
     assert (d.action, d.target) == ("pin", OLD)       # the newest ready one
     assert guardrules.decide("pin", NEW, True, False, {NEW: "failed", OLD: "ready"},
                              None, None, "", "").action == "none"    # a guess is not acted on
+
+
+def test_a_change_the_tool_did_not_make_is_not_believed(tmp_path):
+    """grub-set-default exits 0 when grub-editenv under it could not write
+    grubenv (here: immutable, as a read-only /boot is in the hardened
+    service without its drop-in); the guard reads the value back."""
+    root = _grub(tmp_path)
+    env = root / "boot/grub/grubenv"
+    made = bl.run("chattr", "+i", str(env), check=False)
+    if made.returncode:
+        pytest.fail(f"chattr +i {env}: {made.stderr.strip()}: this test needs a file system with "
+                    "the immutable attribute (ext4, xfs, btrfs) under the pytest temp dir")
+    try:
+        r = bl.run("grub-set-default", f"--boot-directory={root / 'boot'}", "1>2", check=False)
+        assert r.returncode == 0 and "Operation not permitted" in r.stderr    # the tool's lie
+        r = bootguard.run(_paths(root), "pin", {NEW: "failed", OLD: "ready"})
+        assert r.action == "none" and r.pin is None
+        assert "could not pin" in r.message and "Operation not permitted" in r.message, r.message
+        assert not _paths(root).bootguard_state.exists()
+        assert bl.grub_boots(root, tmp_path) == NEW
+        with pytest.raises(NvkmdError) as e:
+            bootguard.boot_try(_paths(root), OLD, {NEW: "failed", OLD: "ready"})
+        assert "next_entry" in e.value.message
+    finally:
+        bl.run("chattr", "-i", str(env))

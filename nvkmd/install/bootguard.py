@@ -51,7 +51,10 @@ def _tool(*names: str) -> str | None:
     return next((n for n in names if shutil.which(n)), None)
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> str:
+    """Run a boot loader tool; its error output (which may say more than
+    its status: grub-set-default and grub-reboot exit 0 when grub-editenv
+    failed under them, so every change is also read back)."""
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=child_env(),
                            errors="replace")
@@ -60,6 +63,13 @@ def _run(cmd: list[str]) -> None:
     if r.returncode:
         raise NvkmdError(ErrorCode.INTERNAL, f"{' '.join(cmd)}: exit {r.returncode}: "
                                              f"{(r.stderr or r.stdout).strip()[:300]}")
+    return (r.stderr or "").strip()
+
+
+def _check(what: str, now: str | None, want: str | None, said: str) -> None:
+    if now != want:
+        raise NvkmdError(ErrorCode.INTERNAL, f"{what} is {now!r} after the change, not {want!r}"
+                                             + (f": {said.splitlines()[-1][:300]}" if said else ""))
 
 
 def _shown(paths: Paths, p: Path) -> str:
@@ -198,22 +208,26 @@ def _write_loader_conf(esp: Path, value: str | None) -> None:
 
 
 def _set(paths: Paths, loader: str, method: str, value: str | None, restoring: bool) -> None:
+    said = ""
     if loader == GRUB:
         editenv = _tool(*grub.EDITENV_TOOLS) or "grub-editenv"
         if not restoring:
-            _run([_tool("grub-set-default", "grub2-set-default") or "grub-set-default",
-                  f"--boot-directory={paths.boot_dir}", value or ""])
+            said = _run([_tool("grub-set-default", "grub2-set-default") or "grub-set-default",
+                         f"--boot-directory={paths.boot_dir}", value or ""])
         elif value is None:
-            _run([editenv, str(paths.grubenv), "unset", "saved_entry"])
+            said = _run([editenv, str(paths.grubenv), "unset", "saved_entry"])
         else:
-            _run([editenv, str(paths.grubenv), "set", f"saved_entry={value}"])
+            said = _run([editenv, str(paths.grubenv), "set", f"saved_entry={value}"])
     elif method == "bootctl":
-        _run(["bootctl", "set-default", value or ""])
+        said = _run(["bootctl", "set-default", value or ""])
     else:
         esp = sdboot.find_esp(paths)
         if esp is None:
             raise NvkmdError(ErrorCode.NOT_SUPPORTED, "no ESP with a loader directory")
         _write_loader_conf(esp, value)
+    key = "saved_entry" if loader == GRUB else "LoaderEntryDefault" if method == "bootctl" \
+        else "loader.conf's default"
+    _check(key, current_value(paths, loader, method), value or None, said)
 
 
 def _undo_text(paths: Paths, loader: str, method: str, previous: str | None) -> str:
@@ -309,7 +323,8 @@ def boot_try(paths: Paths, kernel: str, states: dict[str, str]) -> str:
     value = value_for(paths, choice.loader, kernel) if choice.loader in (GRUB, SYSTEMD_BOOT) else ""
     if choice.loader == GRUB and value:
         tool = _tool("grub-reboot", "grub2-reboot") or "grub-reboot"
-        _run([tool, f"--boot-directory={paths.boot_dir}", value])
+        said = _run([tool, f"--boot-directory={paths.boot_dir}", value])
+        _check("next_entry", grub.read_env(paths.grubenv).get("next_entry"), value, said)
         undo = f"grub-editenv {_shown(paths, paths.grubenv)} unset next_entry"
     elif choice.loader == SYSTEMD_BOOT and value and _sdboot_efi(paths):
         _run(["bootctl", "set-oneshot", value])
