@@ -177,6 +177,18 @@ def modules_dep(c: Container, release: str) -> str:
     return p.read_text() if p.exists() else ""
 
 
+def assert_depmod_current(c: Container, release: str) -> None:
+    """depmod's index lists nvkmd's installed modules, and every module it
+    lists exists: modprobe would find what it names."""
+    dep = modules_dep(c, release)
+    for ko in module_files(c, release):
+        if ko.endswith(".ko"):
+            assert f"updates/nvkmd/{ko}:" in dep, f"modules.dep of {release} lacks {ko}:\n{dep}"
+    listed = {p.rstrip(":") for line in dep.splitlines() for p in line.split()}
+    missing = sorted(p for p in listed if not c.path(f"/lib/modules/{release}/{p}").exists())
+    assert not missing, f"modules.dep of {release} names files that do not exist: {missing}"
+
+
 def build(c: Container, release: str, force: bool = True) -> int:
     """Queue a build as root; its job id."""
     out = nvkmctl_json(c, f"build -k {release}{' --force' if force else ''}")

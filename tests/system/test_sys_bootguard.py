@@ -2,9 +2,10 @@
 with the bootguard.conf drop-in from the package's examples, Debian's GRUB
 tools installed with apt, and grub.cfg from the container's own
 grub-mkconfig: the newest kernel (GRUB's first entry) waits for headers,
-so "pin" points saved_entry at the kernel whose module is ready; once apt
+so "pin" points saved_entry at the kernel whose module is ready (first
+without the drop-in: the sandbox refuses, and the guard says so); once apt
 brings the headers and the module is built, the user's default (no
-saved_entry) is back.  Real GRUB (grub-emu, outside) reads the container's
+saved_entry) is back; `nvkmctl boot try` sets a one-shot.  Real GRUB (grub-emu, outside) reads the container's
 grub.cfg and grubenv at each step and says what it boots."""
 
 from __future__ import annotations
@@ -85,10 +86,17 @@ def test_pin_in_a_booted_system_with_real_grub(grub, tmp_path):
     assert bl.grub_boots(c.path("/"), tmp_path) == OTHER
     add_tiny_source(c)
     c.path(CONFIG).write_text(TINY_CONFIG + '\n[boot]\nguard = "pin"\n')
+    # Without the drop-in the sandbox keeps /boot read-only: the guard
+    # says it could not, and nothing changed.
+    c.run("systemctl restart nvkmd")
+    wait_kernel_ready(c, GOOD)
+    nb = wait_next_boot(c, lambda nb: "could not pin" in nb.get("guard_note", ""),
+                        "the guard to say it could not pin")
+    assert nb["kernel"] == OTHER and not nb["ready"] and not nb["pinned"] and nb["exit"] == 1
+    assert "saved_entry" not in grubenv(c)
     c.run(f"mkdir -p {Path(DROPIN).parent} && "
           f"cp /usr/share/doc/nvkmd/examples/bootguard.conf {DROPIN} && "
           "systemctl daemon-reload && systemctl restart nvkmd")
-    wait_kernel_ready(c, GOOD)
     nb = wait_next_boot(c, lambda nb: nb.get("pinned") == GOOD, "the guard to pin")
     assert nb["kernel"] == GOOD and nb["ready"] and nb["exit"] == 0 and nb["loader"] == "grub"
     assert "saved_entry=" in grubenv(c) and bl.grub_boots(c.path("/"), tmp_path) == GOOD
@@ -107,3 +115,8 @@ def test_pin_in_a_booted_system_with_real_grub(grub, tmp_path):
     assert "boot guard: default restored" in c.journal("-u", "nvkmd")
     s = wait_status(c, lambda s: s.get("next_boot", {}).get("ready"), "status to agree")
     assert s["next_boot"]["kernel"] == OTHER
+    # A one-shot boot of the other ready kernel, through grub-reboot.
+    assert "unset next_entry" in c.run(f"nvkmctl boot try {GOOD}").stdout
+    assert "next_entry=" in grubenv(c) and bl.grub_boots(c.path("/"), tmp_path) == GOOD
+    nb = wait_next_boot(c, lambda nb: nb["kernel"] == GOOD and nb["one_shot"], "the one-shot")
+    assert nb["ready"] and nb["exit"] == 0

@@ -12,9 +12,9 @@ import pytest
 
 from sysdeb import deb_version
 from sysimage import GOOD
-from sysnvkmd import (CONFIG, TINY_CONFIG, apt, build, close_gate, job, jobs, module_files,
-                      modules_dep, open_gate, use_tiny_source, wait_gated, wait_job,
-                      wait_kernel_ready)
+from sysnvkmd import (CONFIG, TINY_CONFIG, apt, assert_depmod_current, build, close_gate, job,
+                      jobs, module_files, modules_dep, open_gate, use_tiny_source, wait_gated,
+                      wait_job, wait_kernel_ready)
 
 pytestmark = pytest.mark.system
 
@@ -59,6 +59,7 @@ def test_upgrade_restarts_the_service_and_keeps_queue_and_history(installed, nvk
         open_gate(c)
     assert wait_job(c, in_flight, ("succeeded", "failed", "cancelled"))["state"] == "succeeded"
     assert "nvidia.ko" in module_files(c, GOOD)
+    assert_depmod_current(c, GOOD)
 
 
 def test_purge_leaves_no_nvkmd_file(installed):

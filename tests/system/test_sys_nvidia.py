@@ -15,7 +15,7 @@ import json
 import pytest
 
 from sysimage import GOOD
-from sysnvkmd import apt, jobs, module_files, modules_dep, wait_kernel_ready
+from sysnvkmd import apt, assert_depmod_current, jobs, module_files, modules_dep, wait_kernel_ready
 
 pytestmark = [pytest.mark.system, pytest.mark.nvidia]
 
@@ -37,6 +37,7 @@ def test_installed_service_builds_debians_nvidia_open_source(installed):
     assert version == s["source"]["version"]
     assert ("updates/nvkmd/nvidia-drm.ko: updates/nvkmd/nvidia-modeset.ko updates/nvkmd/nvidia.ko"
             in modules_dep(c, GOOD))
+    assert_depmod_current(c, GOOD)
     # The journal has the build as this kernel's event, with its fields.
     r = c.run(f"journalctl -u nvkmd -o json --no-pager NVKMD_KERNEL={GOOD}")
     events = [json.loads(line) for line in r.stdout.splitlines()]

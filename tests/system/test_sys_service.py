@@ -15,9 +15,9 @@ import time
 import pytest
 
 from sysimage import GOOD, USER
-from sysnvkmd import (CONFIG, TINY_CONFIG, TINY_INSIDE, build, close_gate, jobs, kernel, module_files,
-                      open_gate, running_kernel_dropin, status, use_tiny_source,
-                      wait_gated, wait_job, wait_kernel_ready)
+from sysnvkmd import (CONFIG, TINY_CONFIG, TINY_INSIDE, assert_depmod_current, build,
+                      close_gate, jobs, kernel, module_files, open_gate, running_kernel_dropin,
+                      status, use_tiny_source, wait_gated, wait_job, wait_kernel_ready)
 
 pytestmark = pytest.mark.system
 
@@ -40,7 +40,7 @@ def test_installed_service_is_ready_and_its_status_counts_kernels(installed):
     c.wait("systemctl show -p StatusText --value nvkmd", 30, "the status text to count the build",
            ok=lambda r: r.stdout.strip() == "idle: 1 kernel ready")
     assert "nvidia.ko" in module_files(c, GOOD)
-    assert "updates/nvkmd/nvidia.ko" in c.path(f"/lib/modules/{GOOD}/modules.dep").read_text()
+    assert_depmod_current(c, GOOD)
     # journald has the build as this kernel's events, as fields.
     r = c.run(f"journalctl -u nvkmd -o json --no-pager NVKMD_KERNEL={GOOD}")
     events = [json.loads(line) for line in r.stdout.splitlines()]
@@ -138,6 +138,7 @@ def test_ready_unit_waits_for_the_build_when_the_module_is_missing(installed):
     assert c.show("nvkmd-ready", "ActiveState", "Result") == {"ActiveState": "active", "Result": "success"}
     assert wait_job(c, job_id, ("succeeded", "failed"))["state"] == "succeeded"
     assert "nvidia.ko" in module_files(c, GOOD)
+    assert_depmod_current(c, GOOD)
 
 
 def test_bad_config_reload_keeps_old_settings_and_restart_fails_with_78_once(installed):
