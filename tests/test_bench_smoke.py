@@ -1,5 +1,5 @@
 """bench/run's smoke mode: every figure's setup and one tiny iteration run,
-nine lines come out in the documented format and the same go into the
+ten lines come out in the documented format and the same go into the
 JSON, and the real system is left as it was.  No figure's value is
 asserted here: numbers belong to bench/, not to the tests."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from helpers import REPO, need_kernels
 
-LINE = re.compile(r"^P(?P<n>[1-9]) (?P<name>[^:]+): (?P<value>.+) \((?P<ratio>\S+) vs (?P<anchor>.+)\)$")
+LINE = re.compile(r"^P(?P<n>[1-9][0-9]*) (?P<name>[^:]+): (?P<value>.+) \((?P<ratio>\S+) vs (?P<anchor>.+)\)$")
 
 
 def dkms_status() -> str:
@@ -28,7 +28,7 @@ def test_bench_dry_run_prints_every_figure_and_leaves_the_system_alone(tmp_path)
                           stdin=subprocess.DEVNULL, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert [LINE.match(x) and int(LINE.match(x)["n"]) for x in lines] == list(range(1, 10)), \
+    assert [LINE.match(x) and int(LINE.match(x)["n"]) for x in lines] == list(range(1, 11)), \
         proc.stdout + proc.stderr[-3000:]
     values = {int(LINE.match(x)["n"]): LINE.match(x)["value"] for x in lines}
     # P1 reinstalls a package on the real system: a dry run only checks its plan.
@@ -39,7 +39,7 @@ def test_bench_dry_run_prints_every_figure_and_leaves_the_system_alone(tmp_path)
 
     doc = json.loads((tmp_path / "latest-dry-run.json").read_text())
     assert doc["lines"] == lines
-    assert [f["figure"] for f in doc["figures"]] == [f"P{n}" for n in range(1, 10)]
+    assert [f["figure"] for f in doc["figures"]] == [f"P{n}" for n in range(1, 11)]
     m = doc["machine"]
     assert m["cpus"] >= 1 and m["memory_mib"] > 0
     assert m["kernel_headers"] and all(h["package"] for h in m["kernel_headers"])
@@ -50,7 +50,7 @@ def test_bench_dry_run_prints_every_figure_and_leaves_the_system_alone(tmp_path)
                             str(tmp_path / "latest-dry-run.json")], capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
     assert [r.split(" ")[1] for r in table.stdout.splitlines() if r.startswith("| P")] == \
-        [f"P{n}" for n in range(1, 10)]
+        [f"P{n}" for n in range(1, 11)]
 
     assert "nvkmd-bench" not in dkms_status()
     assert not list(Path("/usr/src").glob("nvkmd-bench-*"))

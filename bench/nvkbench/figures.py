@@ -5,7 +5,7 @@ P1 runs last: it is the one that reinstalls a package on the real system.
 
 from __future__ import annotations
 
-from . import fig_apt, fig_build, fig_preflight, fig_service, fig_storm
+from . import fig_apt, fig_build, fig_preflight, fig_react, fig_service, fig_storm
 
 FIGURES = [
     (2, fig_build.P2, "raw make+copy+depmod", fig_build.p2),
@@ -16,5 +16,6 @@ FIGURES = [
     (7, fig_storm.P7, "one kernel arriving on a calm system", fig_storm.p7),
     (8, fig_service.P8, "the bus's own GetId", fig_service.p8),
     (9, fig_preflight.P9, "installing the kernel, then its build", fig_preflight.p9),
+    (10, fig_react.P10, "the configured quiet period", fig_react.p10),
     (1, fig_apt.P1, "apt-get with DKMS building inside it", fig_apt.p1),
 ]

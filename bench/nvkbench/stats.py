@@ -14,7 +14,7 @@ import statistics
 from typing import Any
 
 SPREAD = 1.2          # max/min above this: show the range
-LINE_RE = re.compile(r"^P(?P<n>[1-9]) (?P<name>[^:]+): (?P<value>.+) \((?P<ratio>\S+) vs (?P<anchor>.+)\)$")
+LINE_RE = re.compile(r"^P(?P<n>[1-9][0-9]*) (?P<name>[^:]+): (?P<value>.+) \((?P<ratio>\S+) vs (?P<anchor>.+)\)$")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,13 +24,15 @@ from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.inspect.versions import driver_info
 from nvkmd.model import JobFinished, JobQueued
 from nvkmd.system import pkgdb
-from nvkmd.watch.debounce import Debouncer
+from nvkmd.watch.debounce import CALM_S, Debouncer
 from nvkmd.watch.events import WatchEvent, lock_event, relevant
 
 log = structlog.get_logger()
 
 # Rescan (D-Bus) answers within this, well inside a client's call timeout.
 RESCAN_WAIT_S = 60.0
+# Watched files of the package managers: any event on them is activity.
+PACKAGE_MANAGER_TAGS = frozenset({"dpkg", "pacman", "pacman-local", "rpm"})
 
 
 def _settle(waiters: list[asyncio.Future], error: BaseException | None) -> None:
@@ -45,7 +47,8 @@ class Intake:
         one being built (the builder's business) and says whether it was."""
         self.shared = shared
         self._drop_running = drop_running
-        self.debouncer = Debouncer(shared.config.daemon_debounce_s)
+        # Adaptive: CALM_S when no package manager is seen, debounce_s while one is.
+        self.debouncer = Debouncer(shared.config.daemon_debounce_s, calm_s=CALM_S)
         # The watcher, attached by the daemon (duck-typed: the core does not
         # import pyinotify): .update(spec) and .add(path, tag, recursive).
         self.watcher = None
@@ -81,6 +84,8 @@ class Intake:
         if handler is not None:
             handler(ev)
             return
+        if ev.tag in PACKAGE_MANAGER_TAGS:
+            self.debouncer.activity()          # the long quiet period, for a while
         if lock_event(ev):
             self._lock_changed.set()
         if ev.tag == "modules" and "isdir" in ev.flags and ev.flags & {"create", "moved_to"}:
@@ -230,6 +235,7 @@ class Intake:
                 await asyncio.wait_for(self._lock_changed.wait(), seconds)
 
         def on_wait(held: list[pkgdb.Holder]) -> None:
+            self.debouncer.activity()    # a transaction is on: its next events wait longer
             sh.waiting_for = ", ".join(h.describe() for h in held)
             sh.refresh_state()
 
