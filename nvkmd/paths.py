@@ -295,6 +295,10 @@ class Paths:
         return self.at("var/cache/pacman/pkg")
 
     @property
+    def pacman_conf(self) -> Path:
+        return self.at("etc/pacman.conf")
+
+    @property
     def pacman_sync(self) -> Path:
         return self.pacman_dir / "sync"
 

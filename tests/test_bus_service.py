@@ -69,7 +69,7 @@ def test_get_status_has_the_json_shape_and_agrees_with_list_kernels_and_jobs(ser
     (raw,) = served.call("GetStatus")
     from nvkmd.dbusconn import unwrap
     d = unwrap(raw)
-    assert set(d) == {"daemon", "source", "kernels", "jobs", "driver", "next_boot"}
+    assert set(d) == {"daemon", "source", "kernels", "jobs", "driver", "next_boot", "candidates"}
     assert set(d["daemon"]) == {"version", "state"} and d["daemon"]["version"] == "0.1.0"
     assert {"path", "version", "kind"} <= set(d["source"])
     assert d["source"]["version"] == "9.9.1" and d["source"]["kind"] == "git"

@@ -226,7 +226,7 @@ class Pacman:
 def pacman_for(paths: Paths) -> Pacman | None:
     if not (paths.pacman_dir / "local").is_dir() or shutil.which("pacman") is None:
         return None
-    conf = paths.at("etc/pacman.conf")
+    conf = paths.pacman_conf
     return Pacman(paths.root, paths.pacman_dir,
                   conf if paths.root != Path("/") and conf.is_file() else None)
 
