@@ -111,11 +111,17 @@ def test_property_state_drops_a_change_that_returns_to_the_announced_value():
 # -- the wire format ---------------------------------------------------------------
 
 def test_status_round_trips_through_the_wire_to_exactly_the_json_shape():
-    s = sample_status()
+    import dataclasses
+    from nvkmd.verdict import PreflightResult
+    cand = {**PreflightResult("6.1.0-57-amd64", "will-break", "9.9.1", "linux-headers-6.1.0-57-amd64",
+                              "6.1.192-3", "apt", cause="x() changed", elapsed_s=1.5).to_dict(),
+            "state": "will-break"}
+    s = dataclasses.replace(sample_status(), candidates=[cand])
     back = DaemonStatus.from_dict(unwrap(wire.status(s)))
     assert back.to_dict() == s.to_dict()
     d = back.to_dict()
-    assert set(d) == {"daemon", "source", "kernels", "jobs", "driver"}
+    assert set(d) == {"daemon", "source", "kernels", "jobs", "driver", "candidates"}
+    assert d["candidates"] == [cand]
     assert set(d["daemon"]) == {"version", "state"}
     assert d["kernels"][0]["last_build"]["cause"] == "kernel API change in the driver source"
     assert d["kernels"][1]["last_build"] is None
