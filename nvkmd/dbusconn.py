@@ -92,7 +92,26 @@ def ascii_only(value: Any) -> Any:
     return value
 
 
+# Bodies already made safe (``marshallable``), by identity; the few newest
+# are kept (dbus-fast's marshaller takes only a plain list, so no marker type).
+_SAFE: dict[int, list] = {}
+_SAFE_KEEP = 8
+
+
+def marshallable(body: list) -> list:
+    """``body`` made safe once, for a reply sent many times (GetStatus's,
+    kept per state version): the writer then sends it without walking it
+    again, a walk that costs more than the rest of the call."""
+    safe = ascii_only(body) if MARSHALS_CHARACTERS else list(body)
+    _SAFE[id(safe)] = safe
+    while len(_SAFE) > _SAFE_KEEP:
+        del _SAFE[next(iter(_SAFE))]
+    return safe
+
+
 def _marshallable(msg: Message) -> Message:
+    if _SAFE.get(id(msg.body)) is msg.body:
+        return msg
     body = ascii_only(msg.body)
     if body == msg.body:
         return msg

@@ -103,3 +103,19 @@ def test_privileged_answers_and_age_invalidate():
     now[0] = 1.5                            # a field no event announces is at most this old
     assert cache.get() == [3]
     assert cache.computed == 3
+
+
+def test_kept_body_is_made_safe_once_and_sent_without_another_walk():
+    """dbus-fast 1.84 miscounts non-ASCII strings, so the writer escapes
+    every body it sends (dbusconn); a kept body is escaped when kept, and
+    the writer recognises it and sends it as it is."""
+    from nvkmd import dbusconn
+    cache = StatusCache(lambda: [{"error": "kernel \u00e9"}])
+    body = cache.get()
+    assert type(body) is list                       # dbus-fast's marshaller takes only lists
+    expected = "kernel \\xe9" if dbusconn.MARSHALS_CHARACTERS else "kernel \u00e9"
+    assert body == [{"error": expected}]
+    msg = Message(path="/", interface="a.b", member="c", signature="a{ss}", body=body)
+    assert dbusconn._marshallable(msg) is msg
+    other = Message(path="/", interface="a.b", member="c", signature="s", body=["\u00e9"])
+    assert (dbusconn._marshallable(other) is other) is not dbusconn.MARSHALS_CHARACTERS

@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from nvkmd.dbusconn import marshallable
+
 
 class StatusCache:
     def __init__(self, compute: Callable[[], list], max_age_s: float = 1.0,
@@ -40,7 +42,9 @@ class StatusCache:
         if kept is not None and kept[0] == self.version and now - kept[1] < self.max_age_s:
             return kept[2]
         version = self.version          # a change while computing makes the next call compute
-        body = self.compute()           # may raise (the daemon is starting): nothing is kept
+        # May raise (the daemon is starting): nothing is kept.  Made safe for
+        # the writer once here, not on every reply (dbusconn.marshallable).
+        body = marshallable(self.compute())
         self.computed += 1
         self._kept = (version, now, body)
         return body
