@@ -97,6 +97,11 @@ class Paths:
         except ValueError:
             return str(p)
 
+    @property
+    def login_defs(self) -> Path:
+        """shadow's login.defs: where the system groups' gids end (trust.py)."""
+        return self.at("etc/login.defs")
+
     # -- kernels -----------------------------------------------------------
     @property
     def modules_dirs(self) -> list[Path]:

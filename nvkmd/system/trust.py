@@ -9,11 +9,27 @@ user.  The rules, applied to the path as the kernel resolves it:
   root, and no directory or file is writable by its group or by others
   (nor through an ACL, whose mask shows in the group bits): such a user
   could replace what nvkmd is about to read;
-- one exception, for the parents only: a root-owned sticky directory
-  (``/tmp``, ``/var/tmp``) may be world-writable, because others cannot
-  rename or remove an entry they do not own there (sudo and OpenSSH treat
-  it the same way).  The checked directory itself may not be such a
-  directory: anyone could add entries to it;
+- two exceptions, for the parents only (never the checked directory
+  itself, never anything inside a source tree):
+
+  * a root-owned sticky directory (``/tmp``, ``/var/tmp``) may be
+    world-writable, because others cannot rename or remove an entry they do
+    not own there (sudo and OpenSSH treat it the same way);
+  * a root-owned directory may be writable by a *system group* (Ubuntu's
+    ``/var/log`` is ``root:syslog 0775``, the parent of systemd's
+    ``LogsDirectory=``): one whose gid is at most ``SYS_GID_MAX`` (the
+    root's ``/etc/login.defs``, else 999), which exists, whose every member
+    (listed, or by primary group) is a system account (uid at most
+    ``SYS_UID_MAX``, else 999), and only if the directory has no POSIX ACL
+    (with one, the group bits are the mask of what named users and groups
+    may do).  Its members can rename what is in it, so they are trusted
+    like root; root alone makes system accounts and their groups, and
+    requiring that no login account is a member keeps out, e.g., the first
+    user Ubuntu puts in ``adm``.  A group nobody can name, a user group
+    (gid above the bound) or one with a login account is refused.  The
+    members are looked up through this machine's NSS, where the kernel
+    gets them; a network directory that hands out system gids to people
+    is not foreseen;
 - every symlink met on the way is root-owned, and its target is checked by
   the same rules;
 - inside a source tree, a symlink may point only inside the tree.
@@ -21,7 +37,11 @@ user.  The rules, applied to the path as the kernel resolves it:
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import grp
 import os
+import pwd
 import stat
 from collections import deque
 from pathlib import Path
@@ -29,6 +49,8 @@ from pathlib import Path
 from nvkmd.errors import ErrorCode, NvkmdError
 
 MAX_LINKS = 40      # the kernel's own limit (ELOOP)
+SYS_ID_MAX = 999    # shadow's default SYS_GID_MAX and SYS_UID_MAX (login.defs(5))
+ACL_ACCESS = "system.posix_acl_access"
 
 
 class Untrusted(NvkmdError):
@@ -36,6 +58,64 @@ class Untrusted(NvkmdError):
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.SOURCE_UNSAFE):
         super().__init__(code, message)
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemIds:
+    """Where the system accounts' and groups' ids end (login.defs)."""
+    gid_max: int = SYS_ID_MAX
+    uid_max: int = SYS_ID_MAX
+
+    @classmethod
+    def read(cls, login_defs: Path) -> "SystemIds":
+        """The bounds ``login_defs`` sets; a missing or unreadable file, or a
+        value that is no number, leaves shadow's default."""
+        values = {}
+        try:
+            text = login_defs.read_text(errors="replace")
+        except OSError:
+            return cls()
+        for line in text.splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("SYS_GID_MAX", "SYS_UID_MAX") \
+                    and words[1].isdigit():
+                values[words[0]] = int(words[1])
+        return cls(values.get("SYS_GID_MAX", SYS_ID_MAX), values.get("SYS_UID_MAX", SYS_ID_MAX))
+
+
+def _has_acl(path: Path) -> bool:
+    try:
+        os.getxattr(path, ACL_ACCESS, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        return True             # cannot tell: assume the worst
+    return True
+
+
+def _untrusted_group(gid: int, ids: SystemIds) -> str | None:
+    """Why members of group ``gid`` may not change what nvkmd trusts, or None."""
+    if gid > ids.gid_max:
+        return f"not a system group (gid above {ids.gid_max})"
+    try:
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return "a group this system cannot name"
+    members = [(name, _uid_of(name)) for name in group.gr_mem]
+    members += [(u.pw_name, u.pw_uid) for u in pwd.getpwall() if u.pw_gid == gid]
+    for name, uid in members:
+        if uid is None:
+            return f"{group.gr_name}, whose member {name} is no known user"
+        if uid > ids.uid_max:
+            return f"{group.gr_name}, whose member {name} is a login account (uid {uid})"
+    return None
+
+
+def _uid_of(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
 
 
 def _writable_by_others(st: os.stat_result) -> str | None:
@@ -52,9 +132,22 @@ def _sticky_dir(st: os.stat_result) -> bool:
     return stat.S_ISDIR(st.st_mode) and bool(st.st_mode & stat.S_ISVTX)
 
 
-def problem(st: os.stat_result, *, parent: bool = False) -> str | None:
+def _group_parent_problem(st: os.stat_result, path: Path, ids: SystemIds) -> str | None:
+    """Why a root-owned, group- (not world-) writable parent directory is
+    not trusted, or None: the system group exception (module docstring)."""
+    if (why := _untrusted_group(st.st_gid, ids)):
+        return f"writable by group {st.st_gid}, {why}"
+    if _has_acl(path):
+        return f"writable by group {st.st_gid} and has an ACL (the group bits are its mask)"
+    return None
+
+
+def problem(st: os.stat_result, *, parent: bool = False, path: Path | None = None,
+            ids: SystemIds = SystemIds()) -> str | None:
     """Why an entry with this (l)stat is not trustworthy, or None.
-    ``parent``: it is only traversed, so a root-owned sticky directory is fine."""
+    ``parent``: it is only traversed, so a root-owned sticky directory is
+    fine, and so is one only a system group may write (``path`` names it,
+    to look for an ACL; without it the exception does not apply)."""
     if st.st_uid != 0:
         return f"owned by uid {st.st_uid}"
     if stat.S_ISLNK(st.st_mode):
@@ -62,10 +155,13 @@ def problem(st: os.stat_result, *, parent: bool = False) -> str | None:
     bad = _writable_by_others(st)
     if bad and parent and _sticky_dir(st):
         return None
+    if bad and parent and path is not None and stat.S_ISDIR(st.st_mode) \
+            and not st.st_mode & stat.S_IWOTH:
+        return _group_parent_problem(st, path, ids)
     return bad
 
 
-def resolve(path: Path) -> tuple[Path, list[str]]:
+def resolve(path: Path, ids: SystemIds = SystemIds()) -> tuple[Path, list[str]]:
     """``path`` resolved the way the kernel does, with every step checked.
 
     Returns (the resolved path, the problems met: "<path> is <problem>").  A
@@ -77,7 +173,7 @@ def resolve(path: Path) -> tuple[Path, list[str]]:
     todo = deque(path.parts[1:])
     cur = Path("/")
     st = os.lstat(cur)
-    if (p := problem(st, parent=bool(todo))):
+    if (p := problem(st, parent=bool(todo), path=cur, ids=ids)):
         problems.append(f"/ is {p}")
     links = 0
     while todo:
@@ -109,15 +205,16 @@ def resolve(path: Path) -> tuple[Path, list[str]]:
             if target.startswith("/"):
                 cur = Path("/")
             continue
-        if (p := problem(st, parent=not last)):
+        if (p := problem(st, parent=not last, path=entry, ids=ids)):
             problems.append(f"{entry} is {p}")
         cur = entry
     return cur, problems
 
 
-def check_path(path: Path, what: str, code: ErrorCode = ErrorCode.SOURCE_UNSAFE) -> Path:
+def check_path(path: Path, what: str, code: ErrorCode = ErrorCode.SOURCE_UNSAFE,
+               ids: SystemIds = SystemIds()) -> Path:
     """The resolved ``path``, or Untrusted naming the first problem."""
-    resolved, problems = resolve(path)
+    resolved, problems = resolve(path, ids)
     if problems:
         raise Untrusted(f"refusing {what} {path}: {problems[0]}; nvkmd runs as root and "
                         "trusts only what root alone can change", code)
@@ -153,11 +250,11 @@ def check_tree(tree: Path, what: str = "source") -> Path:
     return top
 
 
-def check_dir(path: Path, what: str) -> Path:
+def check_dir(path: Path, what: str, ids: SystemIds = SystemIds()) -> Path:
     """A directory nvkmd writes and later trusts (state, cache, logs): it
     and its parents must be root's alone; it may not exist yet.  A problem
     is a configuration error (exit status 78)."""
-    resolved = check_path(path, what, ErrorCode.CONFIG)
+    resolved = check_path(path, what, ErrorCode.CONFIG, ids)
     if resolved.exists() and not resolved.is_dir():
         raise Untrusted(f"refusing {what} {path}: not a directory", ErrorCode.CONFIG)
     return resolved
@@ -166,6 +263,7 @@ def check_dir(path: Path, what: str) -> Path:
 def check_dirs(paths) -> None:
     """The state, cache and log directories of ``paths`` (a Paths), or
     Untrusted with ErrorCode.CONFIG naming the first one that fails."""
+    ids = SystemIds.read(paths.login_defs)
     for d, what in ((paths.state_dir, "state directory"), (paths.cache_dir, "cache directory"),
                     (paths.log_dir, "log directory")):
-        check_dir(d, what)
+        check_dir(d, what, ids)
