@@ -54,3 +54,11 @@ def test_preflight_needs_the_dropin_for_downloads_and_installs_nothing(installed
     assert c.run("dpkg-query -W -f '${Package} ${Version}\\n'").stdout == before
     st = c.run("ls -A /var/cache/nvkmd/preflight").stdout.strip()
     assert st == "", st
+
+    # No TARGET: apt's own simulation of the upgrade, inside the sandbox.
+    r = c.run("nvkmctl preflight --json", check=False, timeout=900)
+    assert r.returncode in (0, 1, 6), r.out
+    results = json.loads(r.stdout)["results"]
+    assert all(x["kind"] != "refused" for x in results), results
+    journal = c.run("journalctl -u nvkmd --no-pager -o cat").stdout
+    assert "cannot list the candidate kernels" not in journal, journal[-3000:]
