@@ -29,7 +29,9 @@ NVKMCTL = Path(sys.executable).parent / "nvkmctl"
 # Heavy, and needed only to talk to the daemon or to log: never on a healthy boot.
 FORBIDDEN = ("asyncio", "structlog", "dbus_fast", "sqlite3", "_sqlite3", "sdnotify", "tenacity",
              "pyinotify", "argparse", "nvkmd.cli.daemoncmds", "nvkmd.cli.localcmds",
-             "nvkmd.clients", "nvkmd.daemon", "nvkmd.bus")
+             "nvkmd.clients", "nvkmd.daemon", "nvkmd.bus",
+             # unpacking and running tools: not for reading a few files
+             "tarfile", "subprocess", "shutil")
 
 
 def traced(root: Path, *args: str, kernel: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
