@@ -281,6 +281,13 @@ class Paths:
         return self.cache_dir / "products"
 
     @property
+    def product_digests(self) -> Path:
+        """The SHA-256 of each cached product, per kernel: in the state dir,
+        since the cache dir may be systemd's CACHE_DIRECTORY, which an admin
+        may clear and which holds no truth."""
+        return self.state_dir / "product-digests"
+
+    @property
     def unpacked_sources(self) -> Path:
         return self.cache_dir / "sources"
 

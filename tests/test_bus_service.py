@@ -210,14 +210,20 @@ def test_cleanup_dry_run_then_execute(served):
     gone = served.root.modules / "5.10.0-0-gone" / "updates" / "nvkmd"
     gone.mkdir(parents=True)
     (gone / "nvidia.ko").write_bytes(b"old module")
+    # what the product cache recorded for it (build/cache.py), in the state dir
+    digests = served.root.path / "var/lib/nvkmd/product-digests/5.10.0-0-gone"
+    digests.mkdir(parents=True)
+    (digests / "0123abcd.json").write_text('{"files": {}}\n')
     wait_for(lambda: str(gone) in served.call("Cleanup", 2, False)[0], 30,
              "the leftover to be a cleanup candidate")
     (would,) = served.call("Cleanup", 2, False)
     assert gone.exists(), "a dry run removed something"
     assert all(not p.startswith(str(served.root.modules / k)) for k in served.kernels for p in would
                if "/lib/modules/" in p)
+    assert str(digests) in would and digests.exists()
     (did,) = served.call("Cleanup", 2, True)
     assert str(gone) in did and not gone.exists()
+    assert str(digests) in did and not digests.exists()
     assert str(gone) not in served.call("Cleanup", 2, False)[0]
     assert served.error("Cleanup", api.MAX_KEEP + 1, False).code is ErrorCode.INVALID_ARGUMENT
 

@@ -130,3 +130,20 @@ def test_a_removed_kernel_with_only_our_modules_disappears(root, machine, monkey
     assert not (root.modules / GONE / "updates").exists()
     assert [p.name for p in (root.modules / GONE).iterdir()] == ["build"]   # not ours to delete
     assert (root.modules / k / "build").is_symlink()
+
+
+def test_a_gone_kernels_cached_products_go_with_their_digests(machine):
+    """The engine records each cached product's SHA-256 in the state dir;
+    once the kernel is gone, both its products and its records go."""
+    paths, k = machine
+    products, digests = paths.products_root / k, paths.product_digests / k
+    assert any(products.iterdir()) and [p.suffix for p in digests.iterdir()] == [".json"]
+    assert digests.is_relative_to(paths.state_dir)
+    others = {RUNNING, *OLD}
+    assert {products, digests} <= set(cl.logs_and_cache(paths, others, 5, None))
+    for keep in (cl.logs_and_cache(paths, others | {k}, 5, None),
+                 cl.logs_and_cache(paths, others, 5, busy=k)):
+        assert not {products, digests} & set(keep)
+    # A record whose products someone already deleted goes too.
+    shutil.rmtree(products)
+    assert digests in cl.logs_and_cache(paths, others, 5, None)

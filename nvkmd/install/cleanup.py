@@ -225,8 +225,9 @@ def _tidy_gone(kdir: Path) -> None:
 
 def logs_and_cache(paths: Paths, installed: set[str], logs_keep: int, busy: str | None) -> list[Path]:
     """What ``cleanup`` removes besides modules: build logs beyond
-    ``logs_keep`` (the configured logs.keep) per kernel, and all the logs and
-    cached builds of kernels that are gone (not in ``installed``)."""
+    ``logs_keep`` (the configured logs.keep) per kernel, and all the logs,
+    cached builds and their recorded digests of kernels that are gone (not
+    in ``installed``)."""
     out: list[Path] = []
     try:
         kernels = sorted(p for p in paths.log_dir.iterdir() if p.is_dir() and not p.is_symlink())
@@ -240,13 +241,16 @@ def logs_and_cache(paths: Paths, installed: set[str], logs_keep: int, busy: str 
         out.extend(logs if gone else logs[:max(0, len(logs) - logs_keep)])
         if gone and (kdir / "latest.log").is_symlink():
             out.append(kdir / "latest.log")
-    for root in (paths.products_root, paths.build_root):
+    # Per kernel: products/<K> and its digests, product-digests/<K> in the
+    # state dir (without the products, records would only pile up there).
+    per_kernel = (paths.products_root, paths.product_digests)
+    for root in (*per_kernel, paths.build_root):
         try:
             entries = sorted(root.iterdir())
         except OSError:
             continue
         for e in entries:
-            if root == paths.products_root and e.name not in installed and e.name != busy:
+            if root in per_kernel and e.name not in installed and e.name != busy:
                 out.append(e)
             elif root == paths.build_root and e.is_dir():
                 out.extend(k for k in sorted(e.iterdir()) if k.name not in installed and k.name != busy)

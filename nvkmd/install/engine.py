@@ -69,10 +69,8 @@ class Engine:
                  on_critical: Callable[[bool], None] | None = None):
         self.paths = paths
         self.config = config
-        # The digests live in the state dir: the cache dir may be systemd's
-        # CACHE_DIRECTORY, which an admin may clear and which holds no truth.
         self.cache = ProductCache(paths.products_root, config.build_cache_keep,
-                                  paths.state_dir / "product-digests")
+                                  paths.product_digests)
         # Runs in a worker thread after a successful install and depmod, with
         # the build log's writer; raising NvkmdError fails the build.  By
         # default the initramfs step (install.initramfs), so that no place
