@@ -86,6 +86,7 @@ def test_tiny_tree_is_ready_for_a_kernel_that_is_not_installed(root, candidate, 
     assert log.parent == root.path / "var/log/nvkmd/preflight" / candidate
     text = log.read_text()
     assert "# result: success" in text and f"SYSOUT={Paths.build(root.path).preflight_work}" in text
+    assert "\n$ nice -n 19 make " in text          # the lowest priority
     assert (log.parent / "latest.log").resolve() == log
     assert res.hold == f"apt-mark hold linux-image-{candidate} linux-headers-{candidate}"
     no_leftovers(root)

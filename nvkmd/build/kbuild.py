@@ -100,7 +100,8 @@ async def start_build(cmd: list[str], cwd: Path | None, registry: procs.Registry
 
 async def run_make(kernel: Kernel, source: Source, build_dir: Path, jobs: int, timeout_s: float,
                    log: Callable[[str], None], on_progress: Callable[[Progress], None],
-                   registry: procs.Registry | None = None) -> int:
+                   registry: procs.Registry | None = None,
+                   launcher: tuple[str, ...] = ()) -> int:
     """``make modules`` in ``build_dir``; returns make's exit status.
 
     Every process of the build (procs.py) is killed at ``timeout_s`` (a
@@ -112,7 +113,9 @@ async def run_make(kernel: Kernel, source: Source, build_dir: Path, jobs: int, t
                               history.previous(state_dir, source.version), time.monotonic)
     if tracker.eta() >= 0:
         on_progress(Progress("prepare", 0, tracker.eta()))   # the ETA from the start
-    cmd = ["make", f"-j{jobs}", *make_vars(kernel), "modules"]
+    # ``launcher``: e.g. ("nice", "-n", "19") for the preflight, which must
+    # never slow a real build down; it execs make, so the process group is the same.
+    cmd = [*launcher, "make", f"-j{jobs}", *make_vars(kernel), "modules"]
     log("$ " + " ".join(cmd))
     proc, token = await start_build(cmd, build_dir, registry)
     try:

@@ -38,6 +38,9 @@ from nvkmd.system.source import Source
 from nvkmd.verdict import NOT_ABOUT_THE_KERNEL, READY, UNKNOWN, WILL_BREAK, PreflightResult
 
 ProgressFn = Callable[[Progress], None]
+# The lowest CPU priority: a preflight is worth less than anything else the
+# machine does (nvkmd.service's own Nice=10 comes on top for real builds too).
+LOWEST = ("nice", "-n", "19")
 
 
 def _now() -> str:
@@ -180,7 +183,8 @@ class Runner:
                 on_progress(Progress("prepare", 0))
                 await asyncio.to_thread(prepare_tree, source, build_dir)
                 rc = await run_make(kernel, source, build_dir, self.jobs,
-                                    self.config.build_timeout_s, log.write, on_progress)
+                                    self.config.build_timeout_s, log.write, on_progress,
+                                    launcher=LOWEST)
                 result = "success" if rc == 0 else "failed"
         except asyncio.CancelledError:
             result = "cancelled"

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -109,6 +110,9 @@ class Preflights:
 
     # -- life cycle --------------------------------------------------------
     def start(self) -> None:
+        # One preflight at a time per daemon: anything in the work directory
+        # now was left by a daemon that died mid-preflight.
+        shutil.rmtree(self.paths.preflight_work, ignore_errors=True)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="preflights")
         if self.mode == "auto":
             self.lists_changed()
