@@ -104,7 +104,3 @@ class ProductCache:
                 shutil.rmtree(old, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     self._record(kernel, old.name).unlink()
-
-    def drop_kernel(self, kernel: str) -> None:
-        shutil.rmtree(self.root / kernel, ignore_errors=True)
-        shutil.rmtree(self.digests / kernel, ignore_errors=True)

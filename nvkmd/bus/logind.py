@@ -183,6 +183,6 @@ class ShutdownInhibitor:
             self._drop_conn()
 
 
-def _close_late(fut: "concurrent.futures.Future[int]") -> None:
+def _close_late(fut: concurrent.futures.Future[int]) -> None:
     if not fut.cancelled() and fut.exception() is None:
         os.close(fut.result())

@@ -34,8 +34,6 @@ from nvkmd.system.installed import module_is_current
 from nvkmd.system.kernels import Kernel
 from nvkmd.system.source import Source
 
-RESULTS = ("success", "failed", "cancelled", "up-to-date")
-
 ProgressFn = Callable[[Progress], None]
 AfterInstall = Callable[[Kernel, Callable[[str], None]], None]
 
@@ -43,7 +41,7 @@ AfterInstall = Callable[[Kernel, Callable[[str], None]], None]
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     kernel: str
-    result: str                      # one of RESULTS
+    result: str                      # success | failed | cancelled | up-to-date
     version: str
     log: Path | None = None
     diagnosis: Diagnosis | None = None

@@ -354,7 +354,7 @@ class _Transaction:
         row = self.db.execute("PRAGMA database_list").fetchone()
         return row[2] if row else "nvkmd.sqlite3"
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, _tb) -> bool:
         if not self.outer:
             return False
         if exc_type is None:
