@@ -239,7 +239,10 @@ class Preflights:
         if source is None:
             self.last_error = "no usable driver source"
             if not item.background:
-                self.emit(item.request_id, [])
+                self.emit(item.request_id, [PreflightResult(
+                    kernel="", verdict=UNKNOWN, driver_version="", package=str(item.target),
+                    kind="no-source", cause="nvkmd has no usable driver source to build",
+                    hint="see `nvkmctl source status`")])
             return
         if item.background:
             await self._refresh_and_check(item, source)
