@@ -378,8 +378,19 @@ def test_build_wait_exits_3_when_the_daemon_or_the_bus_goes_away(tmp_path, what)
         proc = subprocess.Popen([sys.executable, "-m", "nvkmd.cli", "--bus", bus.address, "build",
                                  "--kernel", k, "--force", "--wait"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=REPO, stdin=subprocess.DEVNULL)
-        wait_for(lambda: "method='Build'" in d.log_text(), 60, "nvkmctl's Build call")
-        wait_for(lambda: any(j.state == "running" for j in run(bus.address, lambda c: c.jobs(0))),
+        def while_waiting(cond):
+            # nvkmctl must still be waiting on the build: once it has exited
+            # (a crash), waiting out the deadline only hides its output.
+            def check():
+                if proc.poll() is not None:
+                    out, err = proc.communicate()
+                    pytest.fail(f"nvkmctl exited {proc.returncode} before the daemon or bus "
+                                f"went away:\nstdout: {out}\nstderr: {err}")
+                return cond()
+            return check
+        wait_for(while_waiting(lambda: "method='Build'" in d.log_text()), 60, "nvkmctl's Build call")
+        wait_for(while_waiting(lambda: any(j.state == "running"
+                                           for j in run(bus.address, lambda c: c.jobs(0)))),
                  60, "the job to run")
         if what == "daemon":
             assert d.stop() == 0
