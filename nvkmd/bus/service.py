@@ -214,13 +214,8 @@ class ManagerService:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 return
-        except NvkmdError as e:
-            self._error(msg, e)
-            return
-        except Exception:
-            log.exception("internal error", method=method.name, args=repr(args)[:200])
-            self._error(msg, NvkmdError(ErrorCode.INTERNAL, f"internal error in {method.name} "
-                                        "(see the daemon's journal)"))
+        except Exception as e:
+            self._failed(msg, method, args, e)
             return
         self.status_cache.answered(method.action)
         self._reply(msg, method.out_signature, body)
@@ -228,16 +223,22 @@ class ManagerService:
     async def _finish(self, msg: Message, method: api.Method, args: list[Any], body: Any) -> None:
         try:
             result = await body
-        except NvkmdError as e:
-            self._error(msg, e)
-            return
-        except Exception:
-            log.exception("internal error", method=method.name, args=repr(args)[:200])
-            self._error(msg, NvkmdError(ErrorCode.INTERNAL, f"internal error in {method.name} "
-                                        "(see the daemon's journal)"))
+        except Exception as e:
+            self._failed(msg, method, args, e)
             return
         self.status_cache.answered(method.action)
         self._reply(msg, method.out_signature, result)
+
+    def _failed(self, msg: Message, method: api.Method, args: list[Any], e: Exception) -> None:
+        """Answer a method that raised (called while ``e`` is handled): our
+        own errors as they are, anything else as INTERNAL, logged with its
+        traceback, so that a bug costs one call, not the daemon."""
+        if isinstance(e, NvkmdError):
+            self._error(msg, e)
+            return
+        log.exception("internal error", method=method.name, args=repr(args)[:200])
+        self._error(msg, NvkmdError(ErrorCode.INTERNAL, f"internal error in {method.name} "
+                                    "(see the daemon's journal)"))
 
     # The methods: core call in, D-Bus body out.
     def _do_GetStatus(self) -> list:
