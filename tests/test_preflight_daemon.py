@@ -189,3 +189,6 @@ def test_a_real_build_cancels_the_background_preflight_which_runs_again_after(ro
     assert results[-1] == "# result: success" and set(results[:-1]) <= {"# result: cancelled"}, results
     real = (root.path / "var/log/nvkmd" / new / "latest.log").resolve().stat().st_mtime
     assert Path(c["log"]).stat().st_mtime > real
+    # What the cancelled run had unpacked is gone too.
+    work = root.path / "var/lib/nvkmd/cache/preflight"
+    wait_for(lambda: not any(work.iterdir()), 30, "the private directories to be removed")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -147,8 +146,13 @@ class Runner:
         if isinstance(what, Candidate):
             base.update(package=what.package, package_version=what.version, manager=what.manager,
                         hold=what.hold_command())
+        acquiring = asyncio.ensure_future(asyncio.to_thread(self.acquire, what, on_progress))
         try:
-            unpacked, info = await asyncio.to_thread(self.acquire, what, on_progress)
+            unpacked, info = await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: remove what it unpacks once it is done.
+            acquiring.add_done_callback(_remove_when_done)
+            raise
         except DownloadFailed as e:
             return PreflightResult(kernel=getattr(what, "release", ""), verdict=UNKNOWN,
                                    kind="download-failed", cause=f"download failed: {e.message}",
@@ -205,7 +209,7 @@ class Runner:
                                first_error=d.first_error, **common)
 
 
-def release_hint(target: str) -> str:
-    """The kernel release a TARGET names, when its name says (for messages)."""
-    m = re.search(r"(\d+\.\d+\.\d+-\d+-[a-z0-9-]+)", target)
-    return m.group(1) if m else ""
+def _remove_when_done(f: asyncio.Future) -> None:
+    if not f.cancelled() and f.exception() is None:
+        asyncio.get_running_loop().run_in_executor(None, f.result()[0].remove)
+
