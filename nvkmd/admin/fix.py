@@ -23,7 +23,7 @@ from typing import Callable
 from nvkmd.config import Config
 from nvkmd.errors import NvkmdError
 from nvkmd.inspect import origin
-from nvkmd.install.modules import depmod, recover
+from nvkmd.install.modules import depmod, recover, stale_stages
 from nvkmd.paths import Paths
 from nvkmd.system import dkms
 from nvkmd.system.installed import module_is_current
@@ -88,8 +88,7 @@ def plan(paths: Paths, config: Config) -> list[Step]:
     running = paths.running_kernel()
     kernels.sort(key=lambda k: k.release != running)       # the running kernel first
     for k in kernels:
-        leftovers = [p for p in (k.nvkmd_dir.parent.glob(".nvkmd-stage-*")
-                                 if k.nvkmd_dir.parent.is_dir() else [])]
+        leftovers = stale_stages(k)
         leftovers += list(k.dir.parent.glob(f".nvkmd-handover-{k.release}"))
         if leftovers:
             steps.append(Step(k.release, "tidy", "leftovers of an interrupted install: "

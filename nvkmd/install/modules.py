@@ -41,6 +41,9 @@ def exchange(a: Path, b: Path) -> None:
         raise OSError(err, os.strerror(err), str(a))
 
 
+STAGE_PREFIX = ".nvkmd-stage-"
+
+
 class InstallError(NvkmdError):
     def __init__(self, marker: str, message: str, code: ErrorCode = ErrorCode.BUILD_FAILED):
         super().__init__(code, message)
@@ -112,7 +115,11 @@ def install(kernel: Kernel, built: Path, manifest: dict, *, strip: bool = True,
     """
     target = kernel.nvkmd_dir
     parent = target.parent
-    stage = parent / f".nvkmd-stage-{os.getpid()}"
+    # The stage lives beside the kernel's directory, not in it: after the
+    # exchange it holds the old set while depmod runs, and depmod indexes
+    # every module under <modules>/<K>, so a stage inside would have
+    # modules.dep name files that are about to be deleted.
+    stage = _stage_dir(kernel)
     _refuse_links_out(kernel)
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -161,12 +168,23 @@ def install(kernel: Kernel, built: Path, manifest: dict, *, strip: bool = True,
     return sorted(p for p in target.iterdir() if p.name != MANIFEST)
 
 
+def _stage_dir(kernel: Kernel) -> Path:
+    return kernel.dir.parent / f"{STAGE_PREFIX}{kernel.release}-{os.getpid()}"
+
+
+def stale_stages(kernel: Kernel) -> list[Path]:
+    """Staging directories of interrupted installs for ``kernel``: beside its
+    directory, and inside ``updates/`` where older versions put them."""
+    found = sorted(kernel.dir.parent.glob(f"{STAGE_PREFIX}{kernel.release}-*"))
+    old = kernel.nvkmd_dir.parent
+    return found + (sorted(old.glob(f"{STAGE_PREFIX}*")) if old.is_dir() else [])
+
+
 def recover(kernel: Kernel) -> None:
     """Drop staging directories a killed install left behind.
 
     The live directory is only ever changed by one atomic exchange, so a
     leftover stage never holds the only copy of anything that was live.
     """
-    parent = kernel.nvkmd_dir.parent
-    for stale in parent.glob(".nvkmd-stage-*") if parent.is_dir() else ():
+    for stale in stale_stages(kernel):
         shutil.rmtree(stale, ignore_errors=True)
