@@ -109,8 +109,10 @@ async def run_make(kernel: Kernel, source: Source, build_dir: Path, jobs: int, t
     calling task is cancelled (the marker says so; CancelledError propagates).
     """
     state_dir = kernel.paths.state_dir
-    tracker = ProgressTracker(count_lines(kernel, source, build_dir),
-                              history.previous(state_dir, source.version), time.monotonic)
+    # count-lines.mk is a make run of its own (up to 2 minutes on a slow
+    # machine): in a thread, or the bus and the watchdog would stall meanwhile.
+    counts = await asyncio.to_thread(count_lines, kernel, source, build_dir)
+    tracker = ProgressTracker(counts, history.previous(state_dir, source.version), time.monotonic)
     if tracker.eta() >= 0:
         on_progress(Progress("prepare", 0, tracker.eta()))   # the ETA from the start
     # ``launcher``: e.g. ("nice", "-n", "19") for the preflight, which must
