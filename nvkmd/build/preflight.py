@@ -78,8 +78,11 @@ class Runner:
     # -- getting the headers ---------------------------------------------
     def resolve(self, target: str) -> Candidate | Path:
         """A TARGET as typed: a package file or directory (a Path), or an apt package."""
-        if looks_like_path(target) or Path(target).exists():
+        if looks_like_path(target):
             p = Path(target)
+            if not p.is_absolute():     # the daemon's working directory is nobody's
+                raise NvkmdError(ErrorCode.INVALID_ARGUMENT, f"{target}: name a package file "
+                                 "or headers directory by its absolute path")
             if not p.exists():
                 raise NvkmdError(ErrorCode.INVALID_ARGUMENT, f"{target}: no such file or directory")
             return p

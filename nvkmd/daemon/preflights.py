@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -58,6 +59,25 @@ class Item:
     @property
     def background(self) -> bool:
         return self.request_id == 0
+
+
+# A package as apt spells it (name, optionally =version) or a kernel release.
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,127}(=[A-Za-z0-9.+~:-]{1,128})?\Z")
+
+
+def preflight_target(target: object) -> str:
+    """A D-Bus Preflight target, checked before anything looks at it: "",
+    an absolute path (the daemon's working directory is not the caller's,
+    so a relative one would name some other file), or a package name."""
+    what = ("a preflight target is a package name or kernel release, or the absolute path "
+            "of a package file or headers directory")
+    if not isinstance(target, str) or len(target) > 4096 or "\0" in target:
+        raise NvkmdError(ErrorCode.INVALID_ARGUMENT, what)
+    if target == "" or target.startswith("/"):
+        return target
+    if not _PACKAGE_RE.match(target):
+        raise NvkmdError(ErrorCode.INVALID_ARGUMENT, f"{what}, not {target[:80]!r}")
+    return target
 
 
 class Preflights:
@@ -172,9 +192,7 @@ class Preflights:
         """A person asked (D-Bus Preflight): ahead of the daemon's own work."""
         if self.mode == "off":
             raise NvkmdError(ErrorCode.NOT_SUPPORTED, "preflights are off (preflight.mode = \"off\")")
-        if not isinstance(target, str) or len(target) > 4096 or "\0" in target:
-            raise NvkmdError(ErrorCode.INVALID_ARGUMENT, "a preflight target is a package name, "
-                             "a kernel release, a package file or a headers directory")
+        target = preflight_target(target)
         if sum(1 for i in self.queue if not i.background) >= MAX_QUEUE:
             raise NvkmdError(ErrorCode.BUSY, f"{MAX_QUEUE} preflights are already waiting")
         item = Item(target, next(self._ids))
