@@ -132,7 +132,10 @@ def test_status_human_view(served):
     k1, k2 = served.kernels
     out = nvkmctl("--bus", served.address, "status", code=0).stdout
     lines = out.splitlines()
-    assert lines[0] == "NVIDIA Kernel Module Status (nvkmd)" and set(lines[1]) == {"═"}
+    # The next boot first (no boot loader in this root: a guess), then the box.
+    assert lines[0] == f"Next boot: {k1} (a guess: newest first) — ready"
+    title = lines.index("NVIDIA Kernel Module Status (nvkmd)")
+    assert set(lines[title + 1]) == {"═"}
     assert "Daemon:         idle (nvkmd 0.1.0)" in lines
     assert "Driver:         9.9.1" in lines and "Source Type:    git" in lines
     assert f"Source:         {served.root.path}/usr/src/nvidia-tiny" in lines
