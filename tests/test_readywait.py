@@ -158,3 +158,22 @@ def test_daemon_restart_while_waiting_is_survived(root, bus, bus_daemon, tmp_pat
     lck.unlink()
     assert w.result() == EXIT_OK, w.text()
     assert f"nvkmd-ready: {k}: NVIDIA modules built and installed" in w.text()
+
+
+def test_module_files_gone_behind_the_daemons_back_are_rebuilt_not_called_ready(
+        root, bus, bus_daemon, tmp_path):
+    # inotify on <modules>/<K> only follows build/source links, so a module
+    # deleted by hand goes unseen until a rescan: the daemon still says
+    # "ready".  wait-ready, whose files said otherwise, must not believe it.
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    root.add_tiny_source()
+    daemon = bus_daemon(root, bus, env={"NVKMD_RUNNING_KERNEL": k})
+    first = daemon.wait_job(k, "succeeded")
+    for ko in root.nvkmd_dir(k).glob("*.ko"):
+        ko.unlink()
+    w = WaitReady(tmp_path, root.path, bus.address, "--timeout", "300",
+                  env={"NVKMD_RUNNING_KERNEL": k})
+    assert w.result() == EXIT_OK, w.text()
+    assert (root.nvkmd_dir(k) / "nvidia.ko").exists(), w.text()
+    assert any(j["id"] != first["id"] and j["state"] == "succeeded" for j in daemon.jobs_for(k))

@@ -130,8 +130,12 @@ class Waiter:
     UNREACHABLE_GRACE_S = 20.0
 
     def __init__(self, release: str, deadline: float, bus: str, notifier: Notifier,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], files_ready: Callable[[], bool] = lambda: True):
         self.release = release
+        # The files said "not ready" before the daemon was asked: a daemon
+        # that says "ready" may not have rescanned since the module went.
+        self.files_ready = files_ready
+        self.rescanned = False
         self.deadline = deadline
         self.bus = bus
         self.notifier = notifier
@@ -261,6 +265,18 @@ class Waiter:
             (say if code == EXIT_OK else fail)(line)
             return code
         if step.action == "ready":
+            if not self.rescanned and not self.files_ready():
+                # Once: after a rescan the daemon has seen what the files show.
+                self.rescanned = True
+                say(f"nvkmd says {self.release} is ready, but its module files are not "
+                    "there; asking nvkmd to look again")
+                try:
+                    await conn.rescan()
+                except NvkmdError as e:
+                    if e.code is not ErrorCode.ACCESS_DENIED:
+                        raise
+                    return None      # not ours to ask: the daemon rescans on its own
+                return None
             say(step.message)
             return EXIT_OK
         if step.action == "fail":

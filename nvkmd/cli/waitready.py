@@ -72,7 +72,9 @@ def run(paths: Paths, config: Config, release: str | None, timeout: float, bus: 
     import asyncio
 
     from nvkmd.cli.waiter import Notifier, Waiter
-    return asyncio.run(Waiter(release, deadline, bus, Notifier(), clock).run())
+    waiter = Waiter(release, deadline, bus, Notifier(), clock,
+                    files_ready=lambda: check_files(paths, config, release).ready)
+    return asyncio.run(waiter.run())
 
 
 # -- nvkmctl wait-ready ---------------------------------------------------------
