@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 from nvkmd.config import Config
 
@@ -39,6 +40,38 @@ def _systemd_dir(env: str) -> Path | None:
     # systemd passes a colon-separated list; the first entry is ours.
     value = os.environ.get(env, "").split(":")[0]
     return Path(value) if value else None
+
+
+class _At:
+    """A path of the managed system, inside the root: ``dpkg_dir =
+    _At("var/lib/dpkg")``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __get__(self, obj: "Paths | None", owner: type) -> Any:
+        return self if obj is None else obj.at(self.path)
+
+
+class _AtEach:
+    """Several paths of the managed system, in the order they are searched."""
+
+    def __init__(self, *paths: str):
+        self.paths = paths
+
+    def __get__(self, obj: "Paths | None", owner: type) -> Any:
+        return self if obj is None else [obj.at(p) for p in self.paths]
+
+
+class _In:
+    """A file of nvkmd's own, in one of its directories: ``database =
+    _In("state_dir", "nvkmd.sqlite3")``."""
+
+    def __init__(self, base: str, name: str):
+        self.base, self.name = base, name
+
+    def __get__(self, obj: "Paths | None", owner: type) -> Any:
+        return self if obj is None else getattr(obj, self.base) / self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +130,8 @@ class Paths:
         except ValueError:
             return str(p)
 
-    @property
-    def login_defs(self) -> Path:
-        """shadow's login.defs: where the system groups' gids end (trust.py)."""
-        return self.at("etc/login.defs")
+    # shadow's login.defs: where the system groups' gids end (trust.py).
+    login_defs = _At("etc/login.defs")
 
     # -- kernels -----------------------------------------------------------
     @property
@@ -134,54 +165,32 @@ class Paths:
         return os.environ.get(RUNNING_KERNEL_ENV) or os.uname().release
 
     # -- sources -----------------------------------------------------------
-    @property
-    def src_dir(self) -> Path:
-        return self.at("usr/src")
+    src_dir = _At("usr/src")
 
-    @property
-    def dkms_tree(self) -> Path:
-        """DKMS's own state (``dkms_tree`` in its framework.conf)."""
-        return self.at("var/lib/dkms")
+    # DKMS's own state (``dkms_tree`` in its framework.conf).
+    dkms_tree = _At("var/lib/dkms")
 
-    @property
-    def debian_source_tarball(self) -> Path:
-        return self.src_dir / "nvidia-open-kernel.tar.xz"
+    debian_source_tarball = _In("src_dir", "nvidia-open-kernel.tar.xz")
 
     # -- package databases -------------------------------------------------
-    @property
-    def dpkg_dir(self) -> Path:
-        return self.at("var/lib/dpkg")
+    dpkg_dir = _At("var/lib/dpkg")
 
-    @property
-    def pacman_dir(self) -> Path:
-        return self.at("var/lib/pacman")
+    pacman_dir = _At("var/lib/pacman")
 
-    @property
-    def rpm_dirs(self) -> list[Path]:
-        return [self.at("var/lib/rpm"), self.at("usr/lib/sysimage/rpm")]
+    rpm_dirs = _AtEach("var/lib/rpm", "usr/lib/sysimage/rpm")
 
     # -- the rest of the system ---------------------------------------------
-    @property
-    def firmware_dir(self) -> Path:
-        return self.at("lib/firmware")
+    firmware_dir = _At("lib/firmware")
 
-    @property
-    def boot_dir(self) -> Path:
-        return self.at("boot")
+    boot_dir = _At("boot")
 
-    @property
-    def efivars_dir(self) -> Path:
-        return self.at("sys/firmware/efi/efivars")
+    efivars_dir = _At("sys/firmware/efi/efivars")
 
     # -- boot loaders --------------------------------------------------------
-    @property
-    def grub_default_file(self) -> Path:
-        return self.at("etc/default/grub")
+    grub_default_file = _At("etc/default/grub")
 
-    @property
-    def grub_default_dropins(self) -> Path:
-        """``*.cfg`` here are sourced after /etc/default/grub (Debian, Ubuntu)."""
-        return self.at("etc/default/grub.d")
+    # ``*.cfg`` here are sourced after /etc/default/grub (Debian, Ubuntu).
+    grub_default_dropins = _At("etc/default/grub.d")
 
     @property
     def grub_dir(self) -> Path:
@@ -191,13 +200,9 @@ class Paths:
                 return d
         return self.boot_dir / "grub"
 
-    @property
-    def grub_cfg(self) -> Path:
-        return self.grub_dir / "grub.cfg"
+    grub_cfg = _In("grub_dir", "grub.cfg")
 
-    @property
-    def grubenv(self) -> Path:
-        return self.grub_dir / "grubenv"
+    grubenv = _In("grub_dir", "grubenv")
 
     @property
     def esp_candidates(self) -> list[Path]:
@@ -211,25 +216,19 @@ class Paths:
         return [self.boot_dir / "loader" / "entries"] + [
             c / "loader" / "entries" for c in self.esp_candidates if c != self.boot_dir]
 
-    @property
-    def bootguard_state(self) -> Path:
-        """What the boot guard changed, to undo it exactly once."""
-        return self.state_dir / "bootguard.json"
+    # What the boot guard changed, to undo it exactly once.
+    bootguard_state = _In("state_dir", "bootguard.json")
 
-    @property
-    def bootguard_mode(self) -> Path:
-        """boot.guard as SetBootGuard chose it, over the configuration's."""
-        return self.state_dir / "bootguard-mode"
+    # boot.guard as SetBootGuard chose it, over the configuration's.
+    bootguard_mode = _In("state_dir", "bootguard-mode")
 
     @property
     def library_dirs(self) -> list[Path]:
         return [self.at(p) for p in ("usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu",
                                       "usr/lib64", "usr/lib")]
 
-    @property
-    def mok_variables_dir(self) -> Path:
-        """shim's copies of its MOK variables, where efivarfs lacks them."""
-        return self.at("sys/firmware/efi/mok-variables")
+    # shim's copies of its MOK variables, where efivarfs lacks them.
+    mok_variables_dir = _At("sys/firmware/efi/mok-variables")
 
     @property
     def proc(self) -> Path:
@@ -237,30 +236,19 @@ class Paths:
         return PROC
 
     # -- initramfs generators' configuration ----------------------------------
-    @property
-    def initramfs_tools_modules(self) -> Path:
-        return self.at("etc/initramfs-tools/modules")
+    initramfs_tools_modules = _At("etc/initramfs-tools/modules")
 
-    @property
-    def initramfs_tools_modules_dirs(self) -> list[Path]:
-        return [self.at("usr/share/initramfs-tools/modules.d"), self.at("etc/initramfs-tools/modules.d")]
+    initramfs_tools_modules_dirs = _AtEach("usr/share/initramfs-tools/modules.d",
+                                           "etc/initramfs-tools/modules.d")
 
-    @property
-    def mkinitcpio_conf(self) -> Path:
-        return self.at("etc/mkinitcpio.conf")
+    mkinitcpio_conf = _At("etc/mkinitcpio.conf")
 
-    @property
-    def mkinitcpio_conf_dirs(self) -> list[Path]:
-        return [self.at("etc/mkinitcpio.conf.d")]
+    mkinitcpio_conf_dirs = _AtEach("etc/mkinitcpio.conf.d")
 
-    @property
-    def dracut_conf(self) -> Path:
-        return self.at("etc/dracut.conf")
+    dracut_conf = _At("etc/dracut.conf")
 
-    @property
-    def dracut_conf_dir(self) -> Path:
-        """The admin's drop-ins (dracut --confdir)."""
-        return self.at("etc/dracut.conf.d")
+    # The admin's drop-ins (dracut --confdir).
+    dracut_conf_dir = _At("etc/dracut.conf.d")
 
     @property
     def dracut_conf_dirs(self) -> list[Path]:
@@ -268,61 +256,35 @@ class Paths:
         return [self.at("usr/lib/dracut/dracut.conf.d"), self.dracut_conf_dir]
 
     # -- nvkmd's own files ---------------------------------------------------
-    @property
-    def database(self) -> Path:
-        return self.state_dir / "nvkmd.sqlite3"
+    database = _In("state_dir", "nvkmd.sqlite3")
 
-    @property
-    def build_root(self) -> Path:
-        return self.cache_dir / "build"
+    build_root = _In("cache_dir", "build")
 
-    @property
-    def products_root(self) -> Path:
-        return self.cache_dir / "products"
+    products_root = _In("cache_dir", "products")
 
-    @property
-    def product_digests(self) -> Path:
-        """The SHA-256 of each cached product, per kernel: in the state dir,
-        since the cache dir may be systemd's CACHE_DIRECTORY, which an admin
-        may clear and which holds no truth."""
-        return self.state_dir / "product-digests"
+    # The SHA-256 of each cached product, per kernel: in the state dir,
+    # since the cache dir may be systemd's CACHE_DIRECTORY, which an admin
+    # may clear and which holds no truth.
+    product_digests = _In("state_dir", "product-digests")
 
-    @property
-    def unpacked_sources(self) -> Path:
-        return self.cache_dir / "sources"
+    unpacked_sources = _In("cache_dir", "sources")
 
     # -- preflight: candidate kernels' packages, before they are installed ---
-    @property
-    def apt_archives(self) -> Path:
-        """apt's download cache, when apt-config cannot say (Dir::Cache::archives)."""
-        return self.at("var/cache/apt/archives")
+    # apt's download cache, when apt-config cannot say (Dir::Cache::archives).
+    apt_archives = _At("var/cache/apt/archives")
 
-    @property
-    def apt_lists(self) -> Path:
-        """apt's package lists, when apt-config cannot say (Dir::State::lists)."""
-        return self.at("var/lib/apt/lists")
+    # apt's package lists, when apt-config cannot say (Dir::State::lists).
+    apt_lists = _At("var/lib/apt/lists")
 
-    @property
-    def pacman_cache(self) -> Path:
-        return self.at("var/cache/pacman/pkg")
+    pacman_cache = _At("var/cache/pacman/pkg")
 
-    @property
-    def pacman_conf(self) -> Path:
-        return self.at("etc/pacman.conf")
+    pacman_conf = _At("etc/pacman.conf")
 
-    @property
-    def pacman_sync(self) -> Path:
-        return self.pacman_dir / "sync"
+    pacman_sync = _In("pacman_dir", "sync")
 
-    @property
-    def preflight_work(self) -> Path:
-        """Private roots the candidates' headers are unpacked and built in."""
-        return self.cache_dir / "preflight"
+    # Private roots the candidates' headers are unpacked and built in.
+    preflight_work = _In("cache_dir", "preflight")
 
-    @property
-    def preflight_logs(self) -> Path:
-        return self.log_dir / "preflight"
+    preflight_logs = _In("log_dir", "preflight")
 
-    @property
-    def preflight_results(self) -> Path:
-        return self.state_dir / "preflight.json"
+    preflight_results = _In("state_dir", "preflight.json")
