@@ -7,12 +7,14 @@ reader never sees them missing.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import datetime as dt
 import errno
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from nvkmd.errors import ErrorCode, NvkmdError
 
@@ -43,6 +45,16 @@ def replace_symlink(link: Path, target: str) -> None:
         pass
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+class Attempt:
+    """What became of the work in ``with log.attempt() as a:``.  The block
+    sets ``a.result``; an NvkmdError out of it leaves "failed" (its message
+    goes into the log and no further), a cancellation makes it "cancelled"
+    (and goes on)."""
+
+    def __init__(self) -> None:
+        self.result = "failed"
 
 
 class BuildLog:
@@ -110,6 +122,18 @@ class BuildLog:
             # Keep building: the build's result matters more than its log,
             # but remember why the log is short.
             self.failed_write = _enospc(self.path, e)
+
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[Attempt]:
+        a = Attempt()
+        try:
+            yield a
+        except asyncio.CancelledError:
+            a.result = "cancelled"
+            raise
+        except NvkmdError as e:
+            a.result = "failed"
+            self.write(e.message if e.message.startswith("nvkmd:") else f"nvkmd: {e.message}")
 
     def close(self, result: str, elapsed_s: float, extra: dict[str, str] | None = None) -> None:
         if self._last is not None and self._file is not None and not self.failed_write:

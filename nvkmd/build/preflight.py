@@ -178,32 +178,27 @@ class Runner:
                   "headers": str(kernel.headers), "source": f"{source.origin} ({source.kind})",
                   "version": source.version, "toolchain": toolchain.describe(),
                   "command": " ".join(["make", f"-j{self.jobs}", *make_vars(kernel), "modules"])})
-        result = "failed"
         build_dir = Path(tempfile.mkdtemp(prefix=f"build-{kernel.release}-",
                                           dir=self.paths.preflight_work))
         try:
-            missing = toolchain.missing()
-            if missing:
-                log.write(f"{diagnose.MARK_COMPILER} {', '.join(missing)} not found "
-                          f"(the kernel was built with {toolchain.text or 'gcc'})")
-            else:
-                on_progress(Progress("prepare", 0))
-                await asyncio.to_thread(prepare_tree, source, build_dir)
-                rc = await run_make(kernel, source, build_dir, self.jobs,
-                                    self.config.build_timeout_s, log.write, on_progress,
-                                    launcher=LOWEST)
-                result = "success" if rc == 0 else "failed"
-        except asyncio.CancelledError:
-            result = "cancelled"
-            raise
-        except NvkmdError as e:
-            log.write(e.message if e.message.startswith("nvkmd:") else f"nvkmd: {e.message}")
+            with log.attempt() as attempt:
+                missing = toolchain.missing()
+                if missing:
+                    log.write(f"{diagnose.MARK_COMPILER} {', '.join(missing)} not found "
+                              f"(the kernel was built with {toolchain.text or 'gcc'})")
+                else:
+                    on_progress(Progress("prepare", 0))
+                    await asyncio.to_thread(prepare_tree, source, build_dir)
+                    rc = await run_make(kernel, source, build_dir, self.jobs,
+                                        self.config.build_timeout_s, log.write, on_progress,
+                                        launcher=LOWEST)
+                    attempt.result = "success" if rc == 0 else "failed"
         finally:
-            log.close(result, time.monotonic() - started)
+            log.close(attempt.result, time.monotonic() - started)
             shutil.rmtree(build_dir, ignore_errors=True)
         elapsed = time.monotonic() - started
         common = dict(kernel=kernel.release, log=str(log.path), elapsed_s=round(elapsed, 2), **base)
-        if result == "success":
+        if attempt.result == "success":
             on_progress(Progress("done", 100))
             return PreflightResult(verdict=READY, **common)
         d = diagnose.diagnose(log.text())

@@ -128,19 +128,16 @@ class Engine:
             return Outcome(kernel.release, "failed", source.version, log.path,
                            _log_failure(log.failed_write), elapsed_s=time.monotonic() - started)
 
-        result, from_cache = "failed", False
+        from_cache = False
         try:
-            from_cache = await self._produce_and_install(kernel, source, log, on_progress, choice, force)
-            result = "success"
-        except asyncio.CancelledError:
-            result = "cancelled"
-            raise
-        except NvkmdError as e:
-            log.write(e.message if e.message.startswith("nvkmd:") else f"nvkmd: {e.message}")
+            with log.attempt() as attempt:
+                from_cache = await self._produce_and_install(kernel, source, log, on_progress,
+                                                             choice, force)
+                attempt.result = "success"
         finally:
             elapsed = time.monotonic() - started
-            log.close(result, elapsed, {"from cache": "yes"} if from_cache else None)
-        if result == "success":
+            log.close(attempt.result, elapsed, {"from cache": "yes"} if from_cache else None)
+        if attempt.result == "success":
             on_progress(Progress("done", 100))
             return Outcome(kernel.release, "success", source.version, log.path, None, from_cache, elapsed)
         d = _log_failure(log.failed_write) if log.failed_write else diagnose.diagnose(log.text())
