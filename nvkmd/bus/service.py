@@ -25,16 +25,8 @@ from nvkmd.bus.statuscache import StatusCache
 from nvkmd.bus.throttle import PropertyState, Throttle
 from nvkmd.errors import ErrorCode, NvkmdError, invalid
 from nvkmd.verdict import PreflightFinished
-from nvkmd.model import (
-    CoreAPI,
-    Event,
-    JobFinished,
-    JobProgress,
-    JobQueued,
-    NextBoot,
-    NextBootChanged,
-    StateChanged,
-)
+from nvkmd.model import (CoreAPI, Event, JobFinished, JobProgress, JobQueued, NextBoot,
+                         NextBootChanged, StateChanged)
 
 log = structlog.get_logger("nvkmd.bus")
 

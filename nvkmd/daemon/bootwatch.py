@@ -21,16 +21,8 @@ from nvkmd.daemon.state import Shared
 from nvkmd.errors import NvkmdError, invalid
 from nvkmd.inspect.nextboot import NextBootChoice
 from nvkmd.install import bootguard
-from nvkmd.model import (
-    Event,
-    JobFinished,
-    JobProgress,
-    JobQueued,
-    NextBoot,
-    NextBootChanged,
-    StateChanged,
-    next_boot_of,
-)
+from nvkmd.model import (Event, JobFinished, JobProgress, JobQueued, NextBoot, NextBootChanged,
+                         StateChanged, next_boot_of)
 
 log = structlog.get_logger()
 
