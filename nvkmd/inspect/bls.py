@@ -90,57 +90,67 @@ def _cmp(a: object, b: object) -> int:
     return (a > b) - (a < b)  # type: ignore[operator]
 
 
+_END = "\0"
+
+
+def _at(s: str, k: int) -> str:
+    return s[k] if k < len(s) else _END
+
+
+def _separators(seps: str, a: str, i: int, b: str, j: int) -> tuple[int, int, int]:
+    """At a separator in ``seps`` on either side: the side without it sorts
+    first (result nonzero), else both step past it."""
+    for sep in seps:
+        if _at(a, i) == sep or _at(b, j) == sep:
+            r = _cmp(_at(a, i) != sep, _at(b, j) != sep)
+            if r:
+                return r, i, j
+            i, j = i + 1, j + 1
+    return 0, i, j
+
+
+def _run_end(s: str, k: int, kind) -> int:
+    while kind(_at(s, k)):
+        k += 1
+    return k
+
+
+def _is_digit(c: str) -> bool:
+    return c.isdigit()
+
+
+def _is_letter(c: str) -> bool:
+    return c.isascii() and c.isalpha()
+
+
 def strverscmp_improved(a: str, b: str) -> int:
     if not a or not b:
         return _cmp(a, b)
     i = j = 0
-    end = "\0"
-    at = lambda s, k: s[k] if k < len(s) else end  # noqa: E731
     while True:
-        while at(a, i) != end and not _valid(at(a, i)):
-            i += 1
-        while at(b, j) != end and not _valid(at(b, j)):
-            j += 1
-        for sep in "~":
-            if at(a, i) == sep or at(b, j) == sep:
-                r = _cmp(at(a, i) != sep, at(b, j) != sep)
-                if r:
-                    return r
-                i, j = i + 1, j + 1
-        if at(a, i) == end or at(b, j) == end:
-            return _cmp(at(a, i), at(b, j))
-        for sep in "-^.":
-            if at(a, i) == sep or at(b, j) == sep:
-                r = _cmp(at(a, i) != sep, at(b, j) != sep)
-                if r:
-                    return r
-                i, j = i + 1, j + 1
-        if at(a, i).isdigit() or at(b, j).isdigit():
-            ii, jj = i, j
-            while at(a, ii).isdigit():
-                ii += 1
-            while at(b, jj).isdigit():
-                jj += 1
+        i = _run_end(a, i, lambda c: c != _END and not _valid(c))
+        j = _run_end(b, j, lambda c: c != _END and not _valid(c))
+        r, i, j = _separators("~", a, i, b, j)      # "~" sorts before everything, even the end
+        if r:
+            return r
+        if _at(a, i) == _END or _at(b, j) == _END:
+            return _cmp(_at(a, i), _at(b, j))
+        r, i, j = _separators("-^.", a, i, b, j)
+        if r:
+            return r
+        if _at(a, i).isdigit() or _at(b, j).isdigit():
+            ii, jj = _run_end(a, i, _is_digit), _run_end(b, j, _is_digit)
             r = _cmp(ii != i, jj != j)
             if r:
                 return r
-            while at(a, i) == "0":
-                i += 1
-            while at(b, j) == "0":
-                j += 1
+            i, j = _run_end(a, i, lambda c: c == "0"), _run_end(b, j, lambda c: c == "0")
             r = _cmp(ii - i, jj - j) or _cmp(a[i:ii], b[j:jj])
-            if r:
-                return r
         else:
-            ii, jj = i, j
-            while at(a, ii).isascii() and at(a, ii).isalpha():
-                ii += 1
-            while at(b, jj).isascii() and at(b, jj).isalpha():
-                jj += 1
+            ii, jj = _run_end(a, i, _is_letter), _run_end(b, j, _is_letter)
             n = min(ii - i, jj - j)
             r = _cmp(a[i:i + n], b[j:j + n]) or _cmp(ii - i, jj - j)
-            if r:
-                return r
+        if r:
+            return r
         i, j = ii, jj
 
 
