@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from dbus_fast import (
     BusType,
@@ -190,6 +190,19 @@ class ConnectionLost(Exception):
 def variant(signature: str, value: Any) -> Any:
     """A value of an ``a{sv}`` dict (e.g. a notification's hints)."""
     return Variant(signature, value)
+
+
+async def name_owner(ask: Callable[[str, str, list], Awaitable[list]], name: str) -> str:
+    """The unique name that owns ``name``, "" when nobody does.  ``ask`` is
+    the caller's own call of org.freedesktop.DBus (member, signature, body),
+    which maps a missing owner to UNREACHABLE."""
+    try:
+        (owner,) = await ask("GetNameOwner", "s", [name])
+    except NvkmdError as e:
+        if e.code is ErrorCode.UNREACHABLE:
+            return ""
+        raise
+    return owner
 
 
 class Connection:

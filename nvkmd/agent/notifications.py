@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from nvkmd import api
-from nvkmd.dbusconn import DBUS, CallError, CallTimeout, Connection, ConnectionLost, connect, variant
+from nvkmd.dbusconn import (DBUS, CallError, CallTimeout, Connection, ConnectionLost, connect,
+                             name_owner, variant)
 from nvkmd.errors import ErrorCode, NvkmdError
 
 NOTIFICATIONS = ("org.freedesktop.Notifications", "/org/freedesktop/Notifications",
@@ -49,13 +50,7 @@ class Notifications:
 
     async def owner(self) -> str:
         """The running server's unique name, "" if none runs."""
-        try:
-            (name,) = await self._call(DBUS, "GetNameOwner", "s", [NOTIFICATIONS[0]])
-        except NvkmdError as e:
-            if e.code is ErrorCode.UNREACHABLE:
-                return ""
-            raise
-        return name
+        return await name_owner(lambda *call: self._call(DBUS, *call), NOTIFICATIONS[0])
 
     async def own(self, name: str) -> bool:
         """Take ``name`` on the session bus, not queueing: False if another

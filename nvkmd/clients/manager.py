@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from nvkmd import api
-from nvkmd.dbusconn import DBUS, CallError, CallTimeout, Connection, ConnectionLost, unwrap
+from nvkmd.dbusconn import DBUS, CallError, CallTimeout, Connection, ConnectionLost, name_owner, unwrap
 from nvkmd.dbusconn import connect as connect_bus
 from nvkmd.errors import ErrorCode, NvkmdError, invalid
 from nvkmd.model import (
@@ -162,13 +162,7 @@ class Client:
 
     async def owner(self) -> str:
         """The unique name of the running daemon, "" if none runs."""
-        try:
-            (name,) = await self._bus_call("GetNameOwner", "s", [api.BUS_NAME])
-        except NvkmdError as e:
-            if e.code is ErrorCode.UNREACHABLE:
-                return ""
-            raise
-        return name
+        return await name_owner(self._bus_call, api.BUS_NAME)
 
     # -- signals --------------------------------------------------------------
     async def _add_match(self, rule: str) -> None:
