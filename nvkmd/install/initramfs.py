@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 from nvkmd.config import Config
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
-from nvkmd.procenv import child_env
+from nvkmd.procenv import child_env, run_tool
 from nvkmd.system.kernels import Kernel
 
 MARK = "nvkmd: initramfs:"
@@ -205,14 +205,8 @@ def list_image(tool: str, image: Path, log: Log) -> set[str] | None:
 
 def _run(cmd: list[str], log: Log, env: dict[str, str]) -> None:
     log("$ " + shlex.join(cmd))
-    try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, timeout=RUN_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise NvkmdError(ErrorCode.BUILD_FAILED, f"{MARK} {cmd[0]}: command not found") from None
-    except subprocess.TimeoutExpired:
-        raise NvkmdError(ErrorCode.TIMEOUT, f"{MARK} {cmd[0]} did not finish within "
-                         f"{RUN_TIMEOUT_S:.0f}s") from None
+    proc = run_tool(cmd, timeout=RUN_TIMEOUT_S, env=env, missing=ErrorCode.BUILD_FAILED,
+                    prefix=f"{MARK} ", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = proc.stdout.splitlines()
     for line in lines:
         log(line)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
-from nvkmd.procenv import child_env
+from nvkmd.procenv import child_env, run_tool
 
 QUERY_TIMEOUT_S = 120
 APT_CONFIG_ENV = "APT_CONFIG"
@@ -75,14 +75,7 @@ class Apt:
 
     def run(self, *args: str, cwd: Path | None = None,
             timeout: float = QUERY_TIMEOUT_S) -> subprocess.CompletedProcess:
-        try:
-            return subprocess.run(list(args), capture_output=True, text=True, env=self.env(),
-                                  cwd=cwd, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise NvkmdError(ErrorCode.NOT_SUPPORTED, f"{args[0]} is not installed") from None
-        except subprocess.TimeoutExpired:
-            raise NvkmdError(ErrorCode.TIMEOUT, f"{' '.join(args[:3])} did not finish "
-                             f"in {timeout:g}s") from None
+        return run_tool(list(args), timeout=timeout, env=self.env(), cwd=cwd, capture_output=True)
 
     def directory(self, key: str, fallback: Path) -> Path:
         """A directory from apt's configuration (``Dir::Cache::archives``, ``Dir::State::lists``)."""
