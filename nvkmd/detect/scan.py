@@ -24,7 +24,8 @@ from nvkmd.paths import Paths
 from nvkmd.system import dkms, pkgdb
 from nvkmd.system import source as sources
 from nvkmd.system.installed import module_is_current
-from nvkmd.system.kernels import RELEASE_RE, Kernel, list_kernels
+from nvkmd.limits import RELEASE_RE
+from nvkmd.system.kernels import Kernel, list_kernels
 from nvkmd.system.modinfo import modinfo, module_name
 from nvkmd.system.source import Source
 

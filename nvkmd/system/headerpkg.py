@@ -24,7 +24,8 @@ from pathlib import Path
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
 from nvkmd.procenv import child_env
-from nvkmd.system.kernels import RELEASE_RE, Kernel, release_key
+from nvkmd.limits import RELEASE_RE
+from nvkmd.system.kernels import Kernel, release_key
 
 FORMATS = {".deb": "deb", ".pkg.tar.zst": "pacman", ".pkg.tar.xz": "pacman", ".rpm": "rpm"}
 # Where a headers package puts the kernel's build tree (Debian: a link in

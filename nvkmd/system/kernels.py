@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 
 from nvkmd.errors import ErrorCode, NvkmdError
-from nvkmd.limits import RELEASE_RE, check_release
+from nvkmd.limits import check_release
 from nvkmd.paths import Paths
 from nvkmd.system.modinfo import MODULE_SUFFIXES, modinfo, module_name
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from nvkmd.system import pkgdb
-from nvkmd.system.kernels import RELEASE_RE
+from nvkmd.limits import RELEASE_RE
 
 
 @dataclasses.dataclass(frozen=True)
