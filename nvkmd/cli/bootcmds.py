@@ -11,20 +11,15 @@ from __future__ import annotations
 import argparse
 
 from nvkmd.cli import argtypes
-from nvkmd.cli.common import client, glyphs, interactive, out, print_json
+from nvkmd.cli.common import client, glyphs, interactive, out, print_json, renderer, show
 
 EXIT_NOT_READY = 1
 EXIT_UNKNOWN = 2
 
 
 async def cmd_next_boot(args: argparse.Namespace) -> int:
-    async with await client(args) as c:
-        nb = await c.next_boot()
-    if args.json:
-        print_json(nb.to_dict())
-    else:
-        from nvkmd.cli.render import next_boot_lines
-        out("\n".join(next_boot_lines(nb, glyphs())) + "\n")
+    nb = await show(args, lambda c: c.next_boot(), lambda nb: nb.to_dict(),
+                    lambda nb: "\n".join(renderer().next_boot_lines(nb, glyphs())) + "\n")
     if nb.ready:
         return 0
     return EXIT_UNKNOWN if nb.reason == "unknown" or not nb.kernel else EXIT_NOT_READY

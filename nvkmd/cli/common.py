@@ -43,6 +43,25 @@ async def client(args: argparse.Namespace):
     return await connect(args.bus)
 
 
+async def show(args: argparse.Namespace, ask: Callable[[Any], Any],
+               as_json: Callable[[Any], Any], as_text: Callable[[Any], str]) -> Any:
+    """Ask the daemon (``await ask(client)``) and print the answer, as JSON
+    with --json, else as text; returns the answer."""
+    async with await client(args) as c:
+        value = await ask(c)
+    if args.json:
+        print_json(as_json(value))
+    else:
+        out(as_text(value))
+    return value
+
+
+def renderer():
+    """nvkmd.cli.render, loaded only when text is printed (not for --json)."""
+    from nvkmd.cli import render
+    return render
+
+
 def watch_connection(c: Any, lost: Callable[[], None]) -> None:
     """Call ``lost()`` if the bus connection itself goes away while waiting."""
     import asyncio    # not at module level: wait-ready's fast path imports this module

@@ -15,29 +15,20 @@ import time
 from typing import Any
 
 from nvkmd.cli import argtypes
-from nvkmd.cli.common import client, glyphs, interactive, out, print_json, watch_connection
+from nvkmd.cli.common import (client, glyphs, interactive, out, print_json, renderer, show,
+                              watch_connection)
 from nvkmd.errors import EXIT_FAILED, EXIT_OK, ErrorCode, NvkmdError
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    async with await client(args) as c:
-        s = await c.status()
-    if args.json:
-        print_json(s.to_dict())
-    else:
-        from nvkmd.cli.render import status_text
-        out(status_text(s, glyphs()))
+    await show(args, lambda c: c.status(), lambda s: s.to_dict(),
+               lambda s: renderer().status_text(s, glyphs()))
     return EXIT_OK
 
 
 async def cmd_kernels(args: argparse.Namespace) -> int:
-    async with await client(args) as c:
-        ks = await c.kernels()
-    if args.json:
-        print_json([k.to_dict() for k in ks])
-    else:
-        from nvkmd.cli.render import kernels_text
-        out(kernels_text(ks, glyphs()))
+    await show(args, lambda c: c.kernels(), lambda ks: [k.to_dict() for k in ks],
+               lambda ks: renderer().kernels_text(ks, glyphs()))
     return EXIT_OK
 
 
@@ -47,13 +38,8 @@ def setup_jobs(p: argparse.ArgumentParser) -> None:
 
 
 async def cmd_jobs(args: argparse.Namespace) -> int:
-    async with await client(args) as c:
-        js = await c.jobs(args.finished)
-    if args.json:
-        print_json([j.to_dict() for j in js])
-    else:
-        from nvkmd.cli.render import jobs_text
-        out(jobs_text(js))
+    await show(args, lambda c: c.jobs(args.finished), lambda js: [j.to_dict() for j in js],
+               lambda js: renderer().jobs_text(js))
     return EXIT_OK
 
 
@@ -199,7 +185,7 @@ async def cmd_logs(args: argparse.Namespace) -> int:
         return await _follow(path, args.tail, ended, args.json)
 
 
-async def _follow(path: str, tail: int, ended: asyncio.Event, as_json: bool) -> int:
+async def _follow(path: str, tail: int, ended: "asyncio.Event", as_json: bool) -> int:
     """Print the last ``tail`` lines of ``path``, then what is appended,
     until the build writing it ends (its "# result:" trailer, or the
     daemon's JobFinished for this log)."""
