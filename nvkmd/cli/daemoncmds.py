@@ -12,12 +12,15 @@ import argparse
 import dataclasses
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvkmd.cli import argtypes
 from nvkmd.cli.common import (client, glyphs, interactive, out, print_json, renderer, show,
                               watch_connection)
 from nvkmd.errors import EXIT_FAILED, EXIT_OK, ErrorCode, NvkmdError
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 async def cmd_status(args: argparse.Namespace) -> int:

@@ -20,13 +20,14 @@ from pathlib import Path
 class BlsEntry:
     id: str                    # e.g. "0123...-6.1.0-47-amd64.conf"
     path: str
+    release: str = ""          # the kernel it boots, "" if unknown
+    tries_left: int | None = None   # boot counting: "+N" in the file name
+    # The entry's own keys.
     title: str = ""
     version: str = ""
     machine_id: str = ""
     sort_key: str = ""
     linux: str = ""
-    tries_left: int | None = None
-    release: str = ""          # the kernel it boots, "" if unknown
 
 
 def release_of_image(path: str) -> str:
@@ -58,8 +59,9 @@ def parse_entry(name: str, text: str, path: str = "") -> BlsEntry:
     linux = fields.get("linux", "")
     version = fields.get("version", "")
     release = release_of_image(linux) or version
-    return BlsEntry(ident, path, fields.get("title", ""), version, fields.get("machine-id", ""),
-                    fields.get("sort-key", ""), linux, tries, release)
+    return BlsEntry(ident, path, release=release, tries_left=tries, title=fields.get("title", ""),
+                    version=version, machine_id=fields.get("machine-id", ""),
+                    sort_key=fields.get("sort-key", ""), linux=linux)
 
 
 def read_entries(dirs: list[Path]) -> list[BlsEntry]:
