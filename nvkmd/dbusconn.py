@@ -110,7 +110,9 @@ def marshallable(body: list) -> list:
 
 
 def _marshallable(msg: Message) -> Message:
-    if _SAFE.get(id(msg.body)) is msg.body:
+    """``msg`` as this dbus-fast can send it: itself, unless its marshaller
+    miscounts non-ASCII strings and the body has some (not a kept one)."""
+    if not MARSHALS_CHARACTERS or _SAFE.get(id(msg.body)) is msg.body:
         return msg
     body = ascii_only(msg.body)
     if body == msg.body:
