@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import pids_with
 from helpers import need_kernels, run_nvkmd
 
 
@@ -51,16 +52,6 @@ def test_source_writable_by_others_is_refused(root):
     assert not root.nvkmd_dir(k).exists()
 
 
-def _sleepers(tag: str) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if tag in (p / "cmdline").read_bytes().decode(errors="replace"):
-                    out.append(int(p.name))
-            except OSError:
-                pass
-    return out
 
 
 def test_hung_build_is_killed_at_the_timeout(root):
@@ -75,7 +66,7 @@ def test_hung_build_is_killed_at_the_timeout(root):
     assert f"{k}: failed: the build timed out" in proc.stdout
     log = root.path / "var/log/nvkmd" / k / "latest.log"
     assert "nvkmd: build timed out after 4s" in log.read_text()
-    assert _sleepers(tag) == []          # the whole process group is gone
+    assert pids_with(tag) == []          # the whole process group is gone
     assert not root.nvkmd_dir(k).exists()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import pids_with
 from helpers import REPO, need_kernels, run_nvkmd
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.install.modules import InstallError, install
@@ -154,16 +155,6 @@ def test_updates_linked_out_of_the_kernel_dir_is_refused(root, tmp_path):
 
 # -- a build's descendants that start a session of their own ----------------------------
 
-def _with_tag(tag: str) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if tag in (p / "cmdline").read_bytes().decode(errors="replace"):
-                    out.append(int(p.name))
-            except OSError:
-                pass
-    return out
 
 
 @pytest.mark.parametrize("how", ["timeout", "success"])
@@ -184,9 +175,9 @@ def test_setsid_descendants_do_not_outlive_the_build(root, how):
             assert proc.returncode == 1 and f"{k}: failed: the build timed out" in proc.stdout
         else:
             assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert _with_tag(tag) == []
+        assert pids_with(tag) == []
     finally:
-        for pid in _with_tag(tag):
+        for pid in pids_with(tag):
             os.kill(pid, signal.SIGKILL)
 
 

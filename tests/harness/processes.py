@@ -37,6 +37,20 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0, *, what: str = "",
     return proc.returncode
 
 
+def pids_with(tag: str) -> list[int]:
+    """The processes whose command line contains ``tag`` (what a test's
+    build left running, if anything)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if tag in (p / "cmdline").read_bytes().decode(errors="replace"):
+                    out.append(int(p.name))
+            except OSError:
+                pass
+    return out
+
+
 class LoggedProcess:
     """One program, restartable, its stdout and stderr appended to
     ``log_path``.  Subclasses say what runs (``command``)."""
