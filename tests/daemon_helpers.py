@@ -8,6 +8,7 @@ printed at teardown, which pytest shows for a failed test.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sqlite3
 import sys
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 class NvkmdDaemon(LoggedProcess):
     name = "nvkmd"
+    dump_signal = signal.SIGUSR1
 
     def __init__(self, root: TestRoot, log_path: Path, env: dict[str, str] | None = None,
                  args: tuple[str, ...] = ()):

@@ -70,6 +70,8 @@ class BusDaemon(NvkmdDaemon):
         super().__init__(root, log_path, env)
         self.bus = bus
         self.wrapper = wrapper
+        if wrapper:
+            self.dump_signal = None     # it would reach the tracer, not the daemon
 
     def command(self) -> list[str]:
         return [*self.wrapper, sys.executable, "-m", "nvkmd.daemon", "--root", str(self.root.path),

@@ -166,6 +166,22 @@ def test_sighup_reloads_the_config_and_a_bad_one_keeps_the_old(root, bus, bus_da
     assert d.stop() == 0
 
 
+
+def test_sigusr1_writes_every_threads_stack_and_the_daemon_goes_on(root, bus, bus_daemon):
+    k = need_kernels(1)[-1]
+    tiny(root)
+    root.add_kernel(k)
+    d = bus_daemon(root, bus)
+    d.wait_ready()
+    d.wait_job(k, "succeeded")
+    d.signal(signal.SIGUSR1)
+    # faulthandler's dump: the event loop's thread, in the daemon's code
+    d.wait_log(r"^(Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):\n"
+               r"(  File .*\n)*  File \".*/asyncio/base_events\.py\"")
+    assert d.alive() and d.kernel(k).state == "ready"
+    assert d.stop() == 0
+
+
 def _make_under(build_root: Path) -> list[int]:
     """Processes whose working directory is inside nvkmd's build root."""
     found = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import importlib
 import importlib.util
 import signal
@@ -29,6 +30,9 @@ log = structlog.get_logger()
 
 
 def run_daemon(paths: Paths, config: Config, args: argparse.Namespace) -> int:
+    # SIGUSR1 writes every thread's stack to stderr (the journal): what a
+    # daemon that does not stop, or does not answer, is doing right now.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return asyncio.run(Daemon(paths, config, args).main())
 
 

@@ -5,6 +5,7 @@ failed test printed)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -18,15 +19,21 @@ from harness.waiting import wait_for
 
 
 def stop(proc: subprocess.Popen, timeout: float = 10.0, *, what: str = "",
-         group: bool = False) -> int:
+         group: bool = False, dump: signal.Signals | None = None) -> int:
     """SIGTERM, then SIGKILL (to the process group with ``group``) after
     ``timeout``; the exit status.  With ``what``, needing SIGKILL fails:
-    for nvkmd that is a bug (systemd would wait, then kill it mid-build)."""
+    for nvkmd that is a bug (systemd would wait, then kill it mid-build).
+    ``dump`` is sent first to a process that did not stop (nvkmd's SIGUSR1
+    writes its threads' stacks to its log)."""
     if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            if dump is not None:
+                proc.send_signal(dump)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(2)
             if group:
                 os.killpg(proc.pid, signal.SIGKILL)
             else:
@@ -153,12 +160,18 @@ class LoggedProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    dump_signal: signal.Signals | None = None     # what makes it write its stacks
+
     def stop(self, timeout: float = 20) -> int | None:
-        """SIGTERM; the exit status (None if it never started)."""
+        """SIGTERM; the exit status (None if it never started).  A strict
+        process that needed SIGKILL fails with the end of its log."""
         if self.proc is None:
             return None
-        return stop(self.proc, timeout, what=self.name if self.strict else "",
-                    group=self.new_session)
+        try:
+            return stop(self.proc, timeout, what=self.name if self.strict else "",
+                        group=self.new_session, dump=self.dump_signal)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the end of its log:\n{self.log_text()[-6000:]}") from None
 
     def kill9(self) -> None:
         assert self.proc is not None
