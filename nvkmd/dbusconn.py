@@ -43,6 +43,9 @@ from dbus_fast import (
 from dbus_fast.aio import MessageBus
 
 from nvkmd import api
+# The errors of a call and unwrap are shared with the one-call connection of
+# short-lived commands (nvkmctl status), which must not import this module.
+from nvkmd.dbusconn_oneshot import CallError, CallTimeout, ConnectionLost, unwrap  # noqa: F401
 from nvkmd.errors import ErrorCode, NvkmdError
 
 DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
@@ -138,17 +141,6 @@ def patch_writer(bus: Any) -> None:
         writer.buffer_message = buffer_message
 
 
-def unwrap(value: Any) -> Any:
-    """D-Bus values as plain Python: Variants opened, structs as lists."""
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [unwrap(v) for v in value]
-    return value
-
-
 async def open_bus(bus: str) -> MessageBus:
     """A connection to ``bus`` ("system", "session" or an address), for the
     client and the daemon's adapter alike."""
@@ -171,22 +163,6 @@ async def open_bus(bus: str) -> MessageBus:
 
 async def connect(bus: str) -> "Connection":
     return Connection(await open_bus(bus))
-
-
-class CallError(Exception):
-    """The peer (or the bus) answered with a D-Bus error."""
-
-    def __init__(self, name: str, text: str):
-        super().__init__(f"{name}: {text}")
-        self.name, self.text = name, text
-
-
-class CallTimeout(Exception):
-    """No answer within the call's timeout."""
-
-
-class ConnectionLost(Exception):
-    """The connection failed under a call; the message says how."""
 
 
 def variant(signature: str, value: Any) -> Any:

@@ -109,22 +109,6 @@ def test_readme_documents_the_exit_statuses():
         assert re.search(rf"^\| {code} \|.*{word}", text, re.M | re.I), (code, word)
 
 
-def test_status_imports_only_what_it_needs(served):
-    probe = ("import sys\nfrom nvkmd.cli.main import main\nrc = main(['--bus', sys.argv[1], 'status'])\n"
-             "print(' '.join(sorted(sys.modules)), file=sys.stderr)\nsys.exit(rc)\n")
-    r = subprocess.run([sys.executable, "-c", probe, served.address], capture_output=True, text=True,
-                       cwd=REPO, timeout=60)
-    assert r.returncode == 0, r.stderr
-    modules = set(r.stderr.split())
-    assert {"nvkmd.clients.manager", "nvkmd.cli.render", "dbus_fast"} <= modules
-    # nothing of the daemon's side, nor the libraries only it needs
-    for heavy in ("nvkmd.bus", "nvkmd.daemon.core", "nvkmd.install.engine", "nvkmd.config", "nvkmd.paths",
-                  "nvkmd.system.kernels", "nvkmd.system.source", "nvkmd.jobs.store", "nvkmd.watch.watcher", "nvkmd.system.dkms",
-                  "nvkmd.cli.waitready", "nvkmd.cli.waiter", "structlog", "tenacity", "tomllib", "sqlite3", "pyinotify",
-                  "sdnotify", "json"):
-        assert heavy not in modules, heavy
-
-
 # -- the commands --------------------------------------------------------------------------
 
 def test_status_human_view(served):

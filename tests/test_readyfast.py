@@ -90,6 +90,9 @@ FAST = [
     ["wait-ready", "--json", "--timeout", "600", "--kernel", "6.1.0-9-amd64"],
     ["wait-ready", "-t", "5", "-t", "7"], ["wait-ready", "--timeout", "1e3"],
     ["wait-ready", "--timeout", " 5 "], ["--root", "wait-ready", "wait-ready"],
+    # status (P5): the same reading, no options of its own
+    ["status"], ["status", "--json"], ["--bus", "unix:path=/run/x", "status"],
+    ["--root=/r", "--bus=session", "status", "--json"], ["--root", "status", "status"],
 ]
 # Left to argparse: help, abbreviations, errors, odd spellings, other commands.
 LEFT = [
@@ -97,8 +100,10 @@ LEFT = [
     ["wait-ready", "--timeout", "soon"], ["wait-ready", "--timeout", "-5"], ["wait-ready", "-t"],
     ["wait-ready", "-k=6.1.0-9-amd64"], ["wait-ready", "-k6.1.0-9-amd64"], ["--bus", "nope", "wait-ready"],
     ["wait-ready", "--bus", "system"], ["--json", "wait-ready"], ["wait-ready", "extra"],
-    ["wait-ready", "--"], ["wait-ready", "--kernel", ""], ["status"], [], ["--root", "/r"],
+    ["wait-ready", "--"], ["wait-ready", "--kernel", ""], [], ["--root", "/r"],
     ["wait-ready", "wait-ready"], ["--ro", "/r", "wait-ready"], ["--root", "/r", "status", "wait-ready"],
+    ["status", "--help"], ["status", "-k", "6.1.0-9-amd64"], ["status", "extra"], ["--json", "status"],
+    ["status", "--jso"], ["status", "--json=1"], ["kernels"], ["status", "status"],
 ]
 
 

@@ -1,4 +1,4 @@
-"""nvkmctl's commands that ask the daemon: status, kernels, jobs, build,
+"""nvkmctl's commands that ask the daemon: kernels, jobs, build,
 cancel, logs, cleanup, rescan.
 
 Each is a ``setup_*`` that adds its options and a ``cmd_*`` coroutine that
@@ -21,12 +21,6 @@ from nvkmd.errors import EXIT_FAILED, EXIT_OK, ErrorCode, NvkmdError
 
 if TYPE_CHECKING:
     import asyncio
-
-
-async def cmd_status(args: argparse.Namespace) -> int:
-    await show(args, lambda c: c.status(), lambda s: s.to_dict(),
-               lambda s: renderer().status_text(s, glyphs()))
-    return EXIT_OK
 
 
 async def cmd_kernels(args: argparse.Namespace) -> int:

@@ -71,7 +71,8 @@ _D, _L, _B, _P = (f"nvkmd.cli.{m}:" for m in ("daemoncmds", "localcmds", "bootcm
                                              "preflightcmd"))
 
 COMMANDS: list[Command] = [
-    Command("status", "the daemon, the driver source, every kernel and the jobs", _none, _D + "cmd_status"),
+    Command("status", "the daemon, the driver source, every kernel and the jobs", _none,
+            "nvkmd.cli.statuscmd:cmd_status"),
     Command("kernels", "every installed kernel and its module", _none, _D + "cmd_kernels"),
     Command("jobs", "queued, running and recently finished builds", _D + "setup_jobs", _D + "cmd_jobs"),
     Command("build", "queue builds (privileged)", _D + "setup_build", _D + "cmd_build"),

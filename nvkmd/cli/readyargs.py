@@ -1,10 +1,12 @@
-"""``nvkmctl wait-ready``'s usual command lines, read without argparse.
+"""``nvkmctl wait-ready``'s and ``nvkmctl status``'s usual command lines,
+read without argparse.
 
 nvkmd-ready.service runs ``nvkmctl wait-ready`` on every boot, before the
-display manager.  Building nvkmctl's whole parser (every command and its
-options) costs more than the healthy check itself, so ``main`` asks
-``parse`` first: it recognises only the exact spellings of wait-ready's
-options and returns the same namespace argparse would; anything else
+display manager, and ``status`` is what people (and scripts, often) type.
+Building nvkmctl's whole parser (every command and its options, importing
+every command module) costs more than the healthy check itself, so ``main``
+asks ``parse`` first: it recognises only the exact spellings of these
+commands' options and returns the same namespace argparse would; anything else
 (help, an abbreviation, a value that starts with ``-``, a bad number, an
 unknown option) returns None and argparse reads the line, so its usage
 errors and help are the only ones.  tests/test_readyfast.py compares the
@@ -15,12 +17,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-COMMAND = "wait-ready"
-RUN = "nvkmd.cli.waitready:cmd_wait_ready"
-# Options before the command (nvkmctl's) and after it (wait-ready's), as
-# main.py's parser() and setup_wait_ready declare them.
+# Options before the command (nvkmctl's), as main.py's parser() declares them.
 GLOBAL = {"--bus": "bus", "--root": "root"}
-OWN = {"-k": "kernel", "--kernel": "kernel", "-t": "timeout", "--timeout": "timeout"}
 
 
 def _bus(text: str) -> str:
@@ -31,24 +29,34 @@ def _bus(text: str) -> str:
 
 # The conversions argparse applies (a ValueError: let argparse say why).
 CONVERT = {"timeout": float, "bus": _bus}
+# Per command: what main.py's COMMANDS runs, its own options (as its setup
+# declares them) and their defaults.
+FAST = {
+    "wait-ready": ("nvkmd.cli.waitready:cmd_wait_ready",
+                   {"-k": "kernel", "--kernel": "kernel", "-t": "timeout", "--timeout": "timeout"},
+                   {"kernel": "", "timeout": 600.0}),
+    "status": ("nvkmd.cli.statuscmd:cmd_status", {}, {}),
+}
 
 
 def parse(argv: list[str]) -> SimpleNamespace | None:
-    values: dict[str, object] = {"bus": "system", "root": "/", "kernel": "", "timeout": 600.0,
-                                 "json": False}
-    seen = False
+    values: dict[str, object] = {"bus": "system", "root": "/", "json": False}
+    command = ""
+    own: dict[str, str] = {}
     i = 0
     while i < len(argv):
         arg = argv[i]
         i += 1
-        if not seen and arg == COMMAND:
-            seen = True
+        if not command and arg in FAST:
+            command = arg
+            own = FAST[arg][1]
+            values.update(FAST[arg][2])
             continue
-        if seen and arg == "--json":
+        if command and arg == "--json":
             values["json"] = True
             continue
         name, eq, value = arg.partition("=")
-        dest = (OWN if seen else GLOBAL).get(name)
+        dest = (own if command else GLOBAL).get(name)
         if dest is None or (eq and not name.startswith("--")):
             return None
         if not eq:
@@ -62,6 +70,6 @@ def parse(argv: list[str]) -> SimpleNamespace | None:
             values[dest] = CONVERT.get(dest, str)(value)
         except ValueError:
             return None
-    if not seen:
+    if not command:
         return None
-    return SimpleNamespace(command=COMMAND, run=RUN, **values)
+    return SimpleNamespace(command=command, run=FAST[command][0], **values)

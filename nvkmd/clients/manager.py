@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from nvkmd import api
+from nvkmd.clients.quick import CALL_TIMEOUT_S
+from nvkmd.clients.quick import error as _error
 from nvkmd.dbusconn import DBUS, CallError, CallTimeout, Connection, ConnectionLost, name_owner, unwrap
 from nvkmd.dbusconn import connect as connect_bus
 from nvkmd.errors import ErrorCode, NvkmdError, invalid
@@ -28,7 +30,6 @@ from nvkmd.model import (
     StateChanged,
 )
 
-CALL_TIMEOUT_S = 120.0          # a privileged call may wait for a password
 _U32, _U64 = 2**32 - 1, 2**64 - 1
 
 
@@ -45,25 +46,6 @@ def check_args(member: str, signature: str, args: tuple) -> None:
               }.get(sig, lambda a: True)(arg)
         if not ok:
             raise invalid(f"{member}: not a valid argument of type {sig}: {repr(arg)[:80]}")
-
-
-def _error(name: str, text: str, bus: str) -> NvkmdError:
-    code = api.error_code(name)
-    if name.startswith(api.ERROR_PREFIX):
-        return NvkmdError(code, text)
-    where = api.describe_bus(bus)
-    if code is ErrorCode.UNREACHABLE:
-        if "Spawn" in name:
-            return NvkmdError(code, f"nvkmd is not running on {where}, and the bus could not "
-                              "start it (is nvkmd.service installed and enabled?)")
-        if name.endswith(("NoReply", "Timeout", "TimedOut")):
-            return NvkmdError(code, f"nvkmd on {where} did not answer in time")
-        return NvkmdError(code, f"nvkmd is not running (nothing owns {api.BUS_NAME} on {where})")
-    if code is ErrorCode.ACCESS_DENIED:
-        return NvkmdError(code, f"the bus refused the call: {text}")
-    if code is ErrorCode.BUSY:
-        return NvkmdError(code, f"the bus refused the call for now: {text}")
-    return NvkmdError(code, f"{name}: {text}")
 
 
 async def connect(bus: str = "system") -> "Client":
