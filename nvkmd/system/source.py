@@ -127,9 +127,8 @@ def _unpack_debian(paths: Paths, tarball: Path, unpack: bool = True) -> Path:
     With ``unpack=False`` only an existing copy is used (the boot check reads,
     never writes), and a missing one is a SourceInvalid error."""
     import shutil    # unpacking only: not on the boot check's path
-    import tarfile
 
-    from nvkmd.system import untar
+    from nvkmd.system import unpack as unpacker
     st = tarball.stat()
     key = hashlib.sha256(f"{tarball}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
     dest = paths.unpacked_sources / f"debian-{key}"
@@ -141,8 +140,9 @@ def _unpack_debian(paths: Paths, tarball: Path, unpack: bool = True) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            untar.extract(tarball, tmp)      # the data filter's rules, also on 3.11.2
-        except (OSError, tarfile.TarError) as e:
+            # untar's data-filter rules, also on 3.11.2, in a child process
+            unpacker.extract(tarball, tmp)
+        except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if getattr(e, "errno", None) == 28:
                 raise NvkmdError(ErrorCode.DISK_FULL, f"no space left unpacking {tarball} "

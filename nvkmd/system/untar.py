@@ -6,6 +6,10 @@ links leading out), create device files or FIFOs, or keep set-id bits.
 Python 3.11.4 and later do that with ``extractall(filter="data")``;
 Debian 12's Python is 3.11.2, which has no ``filter`` argument (a
 TypeError), so there the same rules are applied here, member by member.
+
+The daemon runs this file as a short-lived child (system/unpack.py), so it
+imports the standard library only: xz's 64 MiB dictionary and a TarInfo
+per member then live and die with the child, not in the daemon.
 """
 
 from __future__ import annotations
@@ -95,3 +99,21 @@ def extract_checked(tf: tarfile.TarFile, dest: Path) -> None:
         path = os.path.join(top, d.name)
         os.chmod(path, d.mode)
         os.utime(path, (d.mtime, d.mtime))
+
+
+def main(argv: list[str]) -> int:
+    """``untar.py TARBALL DEST``: 0 when unpacked; else 1, and on stdout
+    one JSON line {"errno": ..., "message": ...} for the parent."""
+    import json
+    tarball, dest = argv
+    try:
+        extract(Path(tarball), Path(dest))
+    except (OSError, tarfile.TarError) as e:
+        print(json.dumps({"errno": getattr(e, "errno", None), "message": str(e)}), flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))
