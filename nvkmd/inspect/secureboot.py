@@ -13,10 +13,11 @@ directory (4 attribute bytes, then 1 = enabled), else from
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
 import shutil
-import ssl
 import struct
 import subprocess
 import uuid
@@ -153,17 +154,28 @@ def mok_list(paths: Paths) -> tuple[list[bytes], list[bytes]] | None:
 
 # -- certificates and modules ---------------------------------------------------
 
+PEM_HEADER, PEM_FOOTER = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+
+
 def cert_der(path: Path) -> bytes | None:
     try:
         data = path.read_bytes()
     except OSError:
         return None
     if data.lstrip().startswith(b"-----BEGIN"):
-        try:
-            return ssl.PEM_cert_to_DER_cert(data.decode("ascii", "replace").strip())
-        except ValueError:
-            return None
+        return _pem_to_der(data.strip())
     return data
+
+
+def _pem_to_der(pem: bytes) -> bytes | None:
+    """ssl.PEM_cert_to_DER_cert's rule without ssl: the daemon does not
+    load ssl (and OpenSSL's libraries) at all (daemon/main.py)."""
+    if not (pem.startswith(PEM_HEADER) and pem.endswith(PEM_FOOTER)):
+        return None
+    try:
+        return base64.b64decode(pem[len(PEM_HEADER):-len(PEM_FOOTER)].decode("ascii"))
+    except (UnicodeDecodeError, binascii.Error):
+        return None
 
 
 def cert_serial(path: Path) -> str:
