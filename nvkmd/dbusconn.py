@@ -209,8 +209,9 @@ class Connection:
         msg = Message(destination=dest, path=path, interface=iface, member=member,
                       signature=signature, body=body or [], flags=flags)
         try:
-            reply = await asyncio.wait_for(self.raw.call(msg), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                reply = await self.raw.call(msg)
+        except TimeoutError:
             raise CallTimeout(f"no answer within {timeout:.0f}s") from None
         except Exception as e:
             raise ConnectionLost(str(e)) from None

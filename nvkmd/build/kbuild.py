@@ -71,9 +71,10 @@ async def _kill_group(proc: asyncio.subprocess.Process, token: str, grace: float
     for sig in (signal.SIGTERM, signal.SIGKILL):
         await asyncio.to_thread(procs.kill, token, proc.pid, sig)
         try:
-            await asyncio.wait_for(proc.wait(), grace)
+            async with asyncio.timeout(grace):
+                await proc.wait()
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
     # make may exit before its children: make sure none survive.
     await asyncio.to_thread(procs.kill_all, token, proc.pid)
@@ -152,8 +153,9 @@ async def _supervise(proc: asyncio.subprocess.Process, token: str, timeout_s: fl
             reader.cancel()
 
     try:
-        await asyncio.wait_for(run(), timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout_s):
+            await run()
+    except TimeoutError:
         await _kill_group(proc, token)
         log(f"{diagnose.MARK_TIMEOUT} {timeout_s:g}s (build.timeout_s); every process of the "
             "build was killed")

@@ -35,8 +35,9 @@ class _CallFailed(Exception):
 
 async def _call(bus: MessageBus, msg: Message, timeout: float) -> list:
     try:
-        reply = await asyncio.wait_for(bus.call(msg), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):
+            reply = await bus.call(msg)
+    except TimeoutError:
         raise _CallFailed(f"no answer within {timeout:.0f}s") from None
     except Exception as e:  # the bus connection itself failed
         raise _CallFailed(str(e) or type(e).__name__) from None

@@ -167,8 +167,9 @@ class ShutdownInhibitor:
         if not kernel or kernel != self._build_for or self.conn is None:
             return
         try:
-            self._build_fd = await asyncio.wait_for(self._take(
-                f"building the NVIDIA module for {kernel}, which boots next"), TAKE_TIMEOUT_S)
+            async with asyncio.timeout(TAKE_TIMEOUT_S):
+                self._build_fd = await self._take(
+                    f"building the NVIDIA module for {kernel}, which boots next")
             log.info("shutdown delayed while the next boot's module builds", kernel=kernel)
         except Exception as e:
             log.warning("could not take a shutdown inhibitor for the build",

@@ -33,12 +33,14 @@ from nvkmd.daemon.intake import Intake
 from nvkmd.daemon.preflights import APT_LISTS_TAG, PACMAN_SYNC_TAG, Preflights
 from nvkmd.daemon.requests import Requests
 from nvkmd.daemon.state import Shared
+from nvkmd.daemon.tasks import cancel_tasks
 from nvkmd.jobs.store import JobStore
 from nvkmd.model import JobFinished, JobQueued, StateChanged
 from nvkmd.paths import Paths
 from nvkmd.verdict import PreflightFinished
 
 log = structlog.get_logger()
+
 
 
 class Core(Requests):
@@ -111,11 +113,7 @@ class Core(Requests):
         sh.stopping = True
         sh.refresh_state()
         await self.builder.wait_not_critical(grace_s)
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_tasks(self._tasks)
         self.intake.close()
         await self.preflights.stop()
         self.boot.close()

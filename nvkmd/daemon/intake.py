@@ -122,8 +122,9 @@ class Intake:
                 continue
             delay = deadline - time.monotonic()
             if delay > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._poked.wait(), delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._poked.wait()
                 self._poked.clear()
                 continue
             full = self.debouncer.take()
@@ -153,8 +154,9 @@ class Intake:
         self._scan_waiters.append(fut)
         self.poke(full=True, now=True)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), wait_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(wait_s):
+                await asyncio.shield(fut)
+        except TimeoutError:
             held = self.shared.waiting_for
             raise NvkmdError(ErrorCode.BUSY, f"the rescan has not run within {wait_s:g}s"
                              + (f": waiting for {held}" if held else "")
@@ -231,8 +233,9 @@ class Intake:
         async def sleep(seconds: float) -> None:
             # Back off, but wake at once when a lock file is closed.
             self._lock_changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._lock_changed.wait(), seconds)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._lock_changed.wait()
 
         def on_wait(held: list[pkgdb.Holder]) -> None:
             self.debouncer.activity()    # a transaction is on: its next events wait longer

@@ -31,6 +31,7 @@ import structlog
 from nvkmd.build.preflight import Runner
 from nvkmd.config import Config
 from nvkmd.daemon.preflightstore import ResultStore
+from nvkmd.daemon.tasks import cancel_tasks
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
 from nvkmd.system import candidates as cands
@@ -142,11 +143,7 @@ class Preflights:
         for handle in (self._timer, self._debounce):
             if handle:
                 handle.cancel()
-        for t in (self._work, self._task):
-            if t:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+        await cancel_tasks([t for t in (self._work, self._task) if t])
 
     def _arm_timer(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(self.config.preflight_interval_s, self._tick)
@@ -233,8 +230,9 @@ class Preflights:
                     # Behind real builds.  builds_changed() wakes us early;
                     # the bound makes a missed call cost seconds, not forever.
                     self._builds_idle.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._builds_idle.wait(), IDLE_POLL_S)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(IDLE_POLL_S):
+                            await self._builds_idle.wait()
                     continue
                 item = self.queue[0]
                 self._work = asyncio.get_running_loop().create_task(self._do(item))

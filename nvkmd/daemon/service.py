@@ -24,6 +24,7 @@ from nvkmd import __version__
 from nvkmd.config import Config, ConfigError
 from nvkmd.daemon.core import Core
 from nvkmd.daemon.sdnotifier import Notifier, status_line, watchdog_interval
+from nvkmd.daemon.tasks import cancel_tasks
 from nvkmd.paths import Paths
 
 log = structlog.get_logger()
@@ -141,11 +142,7 @@ class Daemon:
             stopper.cancel()
             self.notifier.stopping()
             await self.core.stop()
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await cancel_tasks(tasks)
             watcher.close()
             if inhibitor is not None:
                 inhibitor.close()
@@ -162,8 +159,9 @@ class Daemon:
         inhibitor = adapter.ShutdownInhibitor(self.args.bus, asyncio.get_running_loop())
         try:
             # A bus that does not answer must not hold the daemon up.
-            found = await asyncio.wait_for(inhibitor.start(), 10)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(10):
+                found = await inhibitor.start()
+        except TimeoutError:
             log.info("no logind: module installs will not delay shutdown",
                      reason="the bus did not answer within 10s")
             found = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -194,8 +195,9 @@ class DkmsBackend:
                 await tail
 
         try:
-            await asyncio.wait_for(run_all(), self.timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout_s):
+                await run_all()
+        except TimeoutError:
             await _kill_group(proc, token)
             log.write(f"{diagnose.MARK_TIMEOUT} {self.timeout_s:g}s (build.timeout_s); "
                       "every process of the build was killed")
@@ -250,10 +252,9 @@ async def _follow(path: Path, stale: int | None, done: asyncio.Event,
                         on_line(line)
             if finished:
                 break
-            try:
-                await asyncio.wait_for(done.wait(), TAIL_INTERVAL_S)
-            except asyncio.TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TAIL_INTERVAL_S):
+                    await done.wait()
     finally:
         if buf:
             on_line(buf)
