@@ -6,9 +6,9 @@ than the rest together: the package's ``__init__`` imports its asyncio and
 GLib buses (asyncio, ssl, concurrent.futures, logging, gi), though one call
 needs only dbus-fast's message, marshaller, unmarshaller and authenticator.
 So ``call`` loads just those (``_lean_dbus_fast``), connects a blocking unix
-socket, authenticates with dbus-fast's EXTERNAL authenticator, and sends
+socket, and sends the authentication (dbus-fast's EXTERNAL authenticator),
 Hello and the call in one write: the bus takes them in order, so the call
-costs one round trip after the authentication.  Messages are dbus-fast's own
+costs one round trip.  Messages are dbus-fast's own
 ``Message`` and ``Unmarshaller`` (this module frames nothing itself).
 
 It carries what the clients need of a connection (``nvkmd.dbusconn`` takes
@@ -153,11 +153,13 @@ def call(bus: str, dest: str, path: str, iface: str, member: str, signature: str
     try:
         reader = sock.makefile("rb")
         auth = AuthExternal()
-        sock.sendall(b"\0" + auth._authentication_start().encode() + b"\r\n")
+        # All in one write, as sd-bus does: the bus reads the lines in order
+        # and a refusal of AUTH still comes back (and is raised) before any reply.
+        sock.sendall(b"\0" + auth._authentication_start().encode() + b"\r\nBEGIN\r\n"
+                     + bytes(hello._marshall(False)) + bytes(ask._marshall(False)))
         answer = auth._receive_line(reader.readline().decode().rstrip("\r\n"))
         if answer != "BEGIN":
             raise AuthError(f"unexpected step {answer!r}")
-        sock.sendall(b"BEGIN\r\n" + bytes(hello._marshall(False)) + bytes(ask._marshall(False)))
         while True:
             reply = Unmarshaller(reader).unmarshall()
             if reply is None:
