@@ -36,6 +36,12 @@ def test_once_builds_and_installs_for_two_kernels(root):
         text = latest.read_text()
         assert f"# kernel: {k}" in text and "# result: success" in text
         assert "# toolchain: CC=gcc-12" in text and "  CC [M] " in text
+        # where the time went, phase by phase, adding up to no more than the whole
+        phases = re.search(r"^# phases: (.*)$", text, re.M).group(1)
+        took = {n: float(t) for n, t in re.findall(r"([\w-]+) (\d+\.\d\d)s", phases)}
+        assert list(took) == ["copy", "make", "cache", "install", "after-install"], phases
+        whole = float(re.search(r"^# elapsed: (\d+\.\d)s$", text, re.M).group(1))
+        assert took["make"] > 0 and sum(took.values()) <= whole + 0.1
     top = root.path / "var/log/nvkmd/latest.log"
     assert top.is_symlink() and top.resolve().exists()
 
@@ -88,3 +94,4 @@ def test_logs_keep_the_last_n_per_kernel_and_latest_follows(root):
     assert str((root.path / "var/log/nvkmd/latest.log").resolve()) == seen[-1]
     text = (logdir / "latest.log").read_text()
     assert "# from cache: yes" in text and re.search(r"# elapsed: \d+\.\ds", text)
+    assert re.search(r"^# phases: install \d+\.\d\ds, after-install \d+\.\d\ds$", text, re.M), text
