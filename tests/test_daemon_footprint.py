@@ -46,7 +46,7 @@ def test_the_service_modules_load_without_ssl_hashlib_openssl_or_gi():
     they import, SHA-256 still works (Python's builtin), and none of the
     refused modules came in some other way."""
     probe = ("import sys\n"
-             "from nvkmd.daemon.main import NOT_IN_THE_DAEMON, refuse_unused_modules\n"
+             "from nvkmd.daemon.footprint import NOT_IN_THE_DAEMON, refuse_unused_modules\n"
              "refuse_unused_modules()\n"
              f"for m in {SERVICE_MODULES!r}: __import__(m)\n"
              "import asyncio, hashlib\n"

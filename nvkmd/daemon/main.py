@@ -9,23 +9,10 @@ import sys
 from nvkmd import __version__
 from nvkmd.api import parse_bus
 from nvkmd.config import Config, ConfigError
+from nvkmd.daemon import footprint
 from nvkmd.errors import EXIT_CONFIG, ErrorCode, NvkmdError
 from nvkmd.paths import Paths
 from nvkmd.system import trust
-
-
-# Loaded whenever they can be: ssl by asyncio, OpenSSL's libcrypto by
-# hashlib, GLib (through gi) by dbus-fast.  The daemon speaks no TLS, needs
-# nothing from OpenSSL that Python's builtin sha256 does not do, and runs
-# no GLib loop, yet they were 9 MiB of its resident memory (issue 16, P4).
-# None in sys.modules makes an import fail as if the module were missing,
-# which asyncio, hashlib and dbus-fast each handle.
-NOT_IN_THE_DAEMON = ("ssl", "_ssl", "_hashlib", "gi")
-
-
-def refuse_unused_modules() -> None:
-    for name in NOT_IN_THE_DAEMON:
-        sys.modules.setdefault(name, None)      # already loaded: too late, leave it
 
 
 def _bus_arg(value: str) -> str:
@@ -64,7 +51,8 @@ def load(args: argparse.Namespace) -> tuple[Paths, Config]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    refuse_unused_modules()
+    footprint.refuse_unused_modules()   # before asyncio, which loads ssl
+    footprint.tune_malloc()             # before any thread
     import asyncio
     args = parse_args(argv)
     from nvkmd import logsetup
