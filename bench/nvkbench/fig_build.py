@@ -3,8 +3,10 @@ the cache vs a full build)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
+from pathlib import Path
 
 from . import stats
 from .context import Context
@@ -14,9 +16,20 @@ P2 = "build cost"
 P3 = "forced rebuild, nothing changed"
 
 
-def _nvkmd_event_build(ctx: Context, k: str) -> tuple[float, float]:
-    """(headers link appears -> module installed, build started -> installed)
-    through a fresh daemon on a fresh root (no cache to help it)."""
+def _phases(log_path: str | None) -> dict[str, float]:
+    """The build log's ``# phases:`` trailer: seconds per phase."""
+    try:
+        text = Path(log_path or "").read_text(errors="replace")
+    except OSError:
+        return {}
+    m = re.search(r"^# phases: (.*)$", text, re.M)
+    return {n: float(t) for n, t in re.findall(r"([\w-]+) (\d+\.\d+)s", m.group(1))} if m else {}
+
+
+def _nvkmd_event_build(ctx: Context, k: str) -> tuple[float, float, dict[str, float]]:
+    """(headers link appears -> module installed, build started -> installed,
+    the build's phases) through a fresh daemon on a fresh root (no cache to
+    help it)."""
     root = BenchRoot(ctx.ws.new("p2-nvkmd"), ctx.source)
     root.add_kernel(k)
     d = DaemonProc(root.path, ctx.log_file("p2-nvkmd"), env={"NVKMD_RUNNING_KERNEL": k}).start()
@@ -29,7 +42,7 @@ def _nvkmd_event_build(ctx: Context, k: str) -> tuple[float, float]:
         if f.get("result") != "success" or not root.installed(k):
             raise BenchError(f"nvkmd's build for {k} failed: {f.get('cause')} (log {f.get('log')})")
         started = d.find("build started", mark, kernel=k)[0][0]
-        return t1 - t0, t1 - started
+        return t1 - t0, t1 - started, _phases(f.get("log"))
     finally:
         d.stop()
         shutil.rmtree(root.path, ignore_errors=True)
@@ -61,15 +74,16 @@ def _raw_make(ctx: Context, k: str) -> float:
 def p2(ctx: Context) -> stats.Figure:
     k = ctx.kernel
     reps = 1 if ctx.dry else ctx.reps
-    ev, build_only, raw, dk = [], [], [], []
+    ev, build_only, raw, dk, phases = [], [], [], [], []
     module = None
     if not ctx.dry:
         module = ctx.dkms_module()
     for i in range(reps):
         log(f"P2 run {i + 1}/{reps}: nvkmd, raw make, dkms ({ctx.source.kind}, {k})")
-        e, b = _nvkmd_event_build(ctx, k)
+        e, b, ph = _nvkmd_event_build(ctx, k)
         ev.append(e)
         build_only.append(b)
+        phases.append(ph)
         raw.append(_raw_make(ctx, k))
         if module is not None:
             module.unbuild(k)
@@ -88,8 +102,16 @@ def p2(ctx: Context) -> stats.Figure:
         anchor += "; dkms build+install not run in a dry run"
     value = f"{stats.fmt(s_ev, 's')} event to installed (build itself {stats.fmt(s_b, 's')})"
     fig = stats.Figure(2, P2, value, stats.ratio(s_ev.median, s_raw.median), anchor, data)
-    fig.notes.append("nvkmd's figure includes its debounce (daemon.debounce_s, default 2 s) and a "
-                     "private copy of the tree; raw make builds in place")
+    fig.notes.append("nvkmd's figure includes its debounce (daemon.debounce_s: the quiet period "
+                     "after the last event) and a private copy of the tree; raw make builds in place")
+    names = list(dict.fromkeys(n for ph in phases for n in ph))
+    if names:
+        median = {n: stats.summarize([ph.get(n, 0.0) for ph in phases]).median for n in names}
+        data["nvkmd_phases_s"] = median
+        data["samples"]["nvkmd_phases"] = phases
+        fig.notes.append("where nvkmd's build time went (median, from its logs): "
+                         + ", ".join(f"{n} {v:.2f} s" for n, v in median.items())
+                         + f"; raw make+copy+depmod {s_raw.median:.2f} s")
     return fig
 
 
