@@ -133,8 +133,7 @@ def p3(ctx: Context) -> stats.Figure:
     _once(cached, k, False)
     _once(full, k, False)
     c, f = [], []
-    # A full build of the NVIDIA source takes minutes: fewer anchor runs in full mode.
-    anchor_reps = reps if ctx.quick else min(reps, 2)
+    anchor_reps = reps      # every build figure runs at least --reps times, its anchor too
     for i in range(reps):
         log(f"P3 run {i + 1}/{reps}")
         c.append(_once(cached, k, True))
