@@ -37,6 +37,9 @@ BOOT_GUARDS = ("off", "warn", "pin")
 # "manual" only when asked; "off" never.
 PREFLIGHT_MODES = ("auto", "manual", "off")
 MAX_PREFLIGHT_INTERVAL_S = 30 * 86400
+# Each look asks the package manager for its candidates: a tiny interval
+# would have the daemon asking all the time.
+MIN_PREFLIGHT_INTERVAL_S = 60
 
 
 class ConfigError(NvkmdError):
@@ -73,15 +76,22 @@ def _int_in(low: int, high: int) -> Callable[[Any], str | None]:
     return check
 
 
-def _number_in(low: float, high: float) -> Callable[[Any], str | None]:
-    """low < v <= high; nan and inf are refused (nan compares false with
-    everything, so it would slip through a plain range check)."""
+def _shown(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _number_in(low: float, high: float, *, from_low: bool = False) -> Callable[[Any], str | None]:
+    """low < v <= high (low <= v with ``from_low``); nan and inf are refused
+    (nan compares false with everything, so it would slip through a plain
+    range check)."""
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"expected a number, got {v!r}"
         if not math.isfinite(v):
             return f"expected a finite number, got {v}"
-        if not low < v <= high:
+        if from_low and not low <= v <= high:
+            return f"expected a number from {_shown(low)} to {_shown(high)}, got {v:g}"
+        if not from_low and not low < v <= high:
             return f"expected a number > {low:g} and <= {high:g}, got {v:g}"
         return None
     return check
@@ -119,7 +129,8 @@ SCHEMA: dict[tuple[str, str], tuple[Any, Callable[[Any], str | None]]] = {
     ("boot", "guard"): ("warn", _one_of(*BOOT_GUARDS)),
     ("preflight", "mode"): ("auto", _one_of(*PREFLIGHT_MODES)),
     ("preflight", "hold"): (False, _bool),
-    ("preflight", "interval_s"): (21600, _number_in(0, MAX_PREFLIGHT_INTERVAL_S)),
+    ("preflight", "interval_s"): (21600, _number_in(MIN_PREFLIGHT_INTERVAL_S, MAX_PREFLIGHT_INTERVAL_S,
+                                                     from_low=True)),
     ("preflight", "apt_config"): ("", _abs_path_or("")),
 }
 

@@ -25,6 +25,8 @@ from nvkmd.config import Config, ConfigError
     ("build.cache_keep", "100000", "expected an integer from 0 to 100"),
     ("logs.keep", "0", "expected an integer from 1 to 1000"),
     ("logs.max_mib", "0", "expected an integer from 1 to 65536"),
+    # every look asks the package manager: not every millisecond
+    ("preflight.interval_s", "0.001", "expected a number from 60 to 2592000, got 0.001"),
 ])
 def test_numbers_must_be_finite_and_in_range(root, key, value, message):
     section, name = key.split(".")
