@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import struct
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -34,6 +33,7 @@ def _decompressed(path: Path, tmp) -> None:
     """``path`` decompressed into the open file ``tmp``, a block at a time."""
     import gzip   # compressed modules only: the boot check imports this module
     import lzma
+    import shutil
     try:
         if path.name.endswith(".zst"):
             # The standard library has no zstd before 3.14; the zstd tool does.
