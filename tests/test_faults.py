@@ -230,3 +230,35 @@ def test_fix_with_a_stray_kernel_dir_does_its_work(root):
                           timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "nvkmctl: not a kernel release" not in proc.stdout + proc.stderr
+
+
+def test_a_build_asked_over_dbus_on_a_full_state_dir_says_so_and_loses_nothing(
+        root, bus, bus_daemon, tiny_tmpfs):
+    """The queue's disk is full: Build is refused with DiskFull naming the
+    state directory, the daemon goes on, and once there is room again the
+    same call queues and builds."""
+    from dbus_helpers import raw_call
+    from nvkmd import api
+    k = need_kernels(1)[-1]
+    state = tiny_tmpfs(_state(root), size="2m")
+    root.add_tiny_source()
+    root.configure(root.config_text + "[build]\ncache_keep = 0\n")
+    root.add_kernel(k)
+    d = bus_daemon(root, bus)
+    first = d.wait_job(k, "succeeded")
+    subprocess.run(["dd", "if=/dev/zero", f"of={state}/filler", "bs=4k"], capture_output=True)
+    refused = None
+    for _ in range(200):          # until sqlite needs a page it cannot have
+        r = raw_call(bus.address, "Build", "sb", [k, True])
+        if r.error_name is not None:
+            refused = r
+            break
+    assert refused is not None, "200 forced builds queued on a full disk"
+    assert refused.error_name == api.error_name(ErrorCode.DISK_FULL), refused.body
+    assert f"the state directory {state} is full" in refused.body[0]
+    assert d.alive() and d.kernel(k) is not None
+    (state / "filler").unlink()
+    again = raw_call(bus.address, "Build", "sb", [k, True])
+    assert again.error_name is None, again.body
+    d.wait_job(k, "succeeded", after=first["id"])
+    assert d.stop() == 0
