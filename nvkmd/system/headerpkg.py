@@ -17,15 +17,18 @@ import posixpath
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.paths import Paths
 from nvkmd.procenv import child_env
 from nvkmd.limits import RELEASE_RE
 from nvkmd.system.kernels import Kernel, release_key
+
+if TYPE_CHECKING:
+    import tarfile
 
 FORMATS = {".deb": "deb", ".pkg.tar.zst": "pacman", ".pkg.tar.xz": "pacman", ".rpm": "rpm"}
 # Where a headers package puts the kernel's build tree (Debian: a link in
@@ -140,6 +143,7 @@ def check_member(m: tarfile.TarInfo) -> str | None:
 
 def check_archive(archive: Path, fmt: str, scratch: Path) -> int:
     """Refuse the archive unless every member is safe; returns the member count."""
+    import tarfile   # preflights only: the idle daemon does without (issue 16, P4)
     tar = scratch / f".{archive.name}.tar"
     try:
         _as_tar(archive, fmt, tar)
