@@ -172,7 +172,7 @@ def call(bus: str, dest: str, path: str, iface: str, member: str, signature: str
                 raise CallError(reply.error_name or "", text)
             if reply.reply_serial == 2:
                 return reply.body
-    except socket.timeout:
+    except TimeoutError:        # the socket's timeout
         raise CallTimeout(f"no answer within {timeout:.0f}s") from None
     except (OSError, EOFError, AuthError) as e:
         raise ConnectionLost(str(e) or type(e).__name__) from None

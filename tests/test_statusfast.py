@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,19 @@ def test_dbus_fast_imported_after_the_one_call_is_whole(served):
     assert r.returncode == 0, r.stderr[-3000:]
     first, second, whole = json.loads(r.stdout)
     assert whole and first == second == served.status().to_dict()
+
+
+def test_a_daemon_that_does_not_answer_is_a_timeout(served):
+    """The one-call connection waits no longer than its timeout: a stopped
+    (SIGSTOP) daemon is UNREACHABLE, as through the asyncio client."""
+    from nvkmd.clients import quick
+    from nvkmd.errors import ErrorCode, NvkmdError
+    served.daemon.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(NvkmdError) as e:
+            quick.ask(served.address, "GetStatus", timeout=1.0)
+    finally:
+        served.daemon.signal(signal.SIGCONT)
+    assert e.value.code is ErrorCode.UNREACHABLE
+    assert str(e.value) == "nvkmd did not answer within 1s"
+    assert quick.status(served.address).to_dict() == served.status().to_dict()

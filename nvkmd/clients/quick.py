@@ -9,7 +9,8 @@ what they mean through the manager: both take them from ``error`` here.
 from __future__ import annotations
 
 from nvkmd import api
-from nvkmd.dbusconn_oneshot import CallError, CallTimeout, ConnectionLost, Unsupported, call, unwrap
+from nvkmd.dbusconn_oneshot import Unsupported  # noqa: F401  (the caller's cue to use the manager)
+from nvkmd.dbusconn_oneshot import CallError, CallTimeout, ConnectionLost, call, unwrap
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.model import DaemonStatus
 
