@@ -11,6 +11,7 @@ which talks to the daemon.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Callable
 
@@ -81,6 +82,11 @@ def run(paths: Paths, config: Config, release: str | None, timeout: float, bus: 
 
 def cmd_wait_ready(args) -> int:
     """Load the configuration of ``--root`` and run the check."""
+    # The source's fingerprint is a few hundred short sha256 updates: Python's
+    # builtin sha256 does them as fast as OpenSSL, whose libcrypto and
+    # openssl.cnf hashlib would otherwise load on every boot (the daemon
+    # refuses it the same way, daemon/footprint.py).  Loaded already: kept.
+    sys.modules.setdefault("_hashlib", None)
     if not args.timeout > 0:
         fail(f"--timeout must be a positive number of seconds, not {args.timeout}")
         return EXIT_USAGE
