@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, need_kernels, run_nvkmd
+from helpers import REPO, TINY, need_kernels, run_nvkmd
 from nvkmd.cli import readyargs
 from nvkmd.cli.main import parser
 from nvkmd.errors import EXIT_OK, EXIT_UNREACHABLE
@@ -71,6 +71,25 @@ def test_healthy_fast_path_imports_only_what_it_needs(root, tmp_path):
     # --json is a line people and scripts use: the same budget.
     proc, mods = traced(root.path, "--json", kernel=k, tmp_path=tmp_path)
     assert proc.returncode == EXIT_OK and heavy(mods) == [], (proc.stdout, heavy(mods))
+
+
+def test_healthy_debian_source_is_read_without_unpacking_code(root, tmp_path):
+    """Debian's nvidia-open-kernel.tar.xz (the usual install): the copy the
+    daemon unpacked is read as it is, with none of the unpacking code."""
+    import shutil
+    import tarfile
+    k = need_kernels(1)[-1]
+    root.add_kernel(k)
+    staging = tmp_path / "staging"
+    shutil.copytree(TINY / "kernel-open", staging / "modules/nvidia-open-kernel")
+    with tarfile.open(root.path / "usr/src/nvidia-open-kernel.tar.xz", "w:xz") as tf:
+        tf.add(staging / "modules", arcname="modules")
+    root.configure("")
+    assert run_nvkmd("--once", "--root", str(root.path)).returncode == 0
+    proc, mods = traced(root.path, kernel=k, tmp_path=tmp_path)
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout == f"nvkmd-ready: {k} has NVIDIA modules 9.9.1 (debian source)\n"
+    assert heavy(mods) == [] and "nvkmd.system.unpack" not in mods, heavy(mods)
 
 
 def test_waiting_path_trace_shows_the_heavy_modules(root, tmp_path):

@@ -126,9 +126,6 @@ def _unpack_debian(paths: Paths, tarball: Path, unpack: bool = True) -> Path:
 
     With ``unpack=False`` only an existing copy is used (the boot check reads,
     never writes), and a missing one is a SourceInvalid error."""
-    import shutil    # unpacking only: not on the boot check's path
-
-    from nvkmd.system import unpack as unpacker
     st = tarball.stat()
     key = hashlib.sha256(f"{tarball}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
     dest = paths.unpacked_sources / f"debian-{key}"
@@ -136,6 +133,10 @@ def _unpack_debian(paths: Paths, tarball: Path, unpack: bool = True) -> Path:
     if not done.exists() and not unpack:
         raise _source_error(f"{tarball}: not unpacked under {paths.unpacked_sources} yet")
     if not done.exists():
+        # Unpacking only: the boot check (already unpacked) loads neither.
+        import shutil
+
+        from nvkmd.system import unpack as unpacker
         tmp = paths.unpacked_sources / f".debian-{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
