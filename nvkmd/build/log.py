@@ -26,8 +26,11 @@ KEEP_LAST_LINES = 200
 TRUNCATED = "nvkmd: log truncated"
 DIAGNOSE_HEAD = 16 << 20
 DIAGNOSE_TAIL = 1 << 20
-# GetLog: at most this much of a log per call.
-MAX_TAIL_BYTES = 8 << 20
+# GetLog: at most this much of a log per call.  Building one answer holds
+# a few times this (bytes, text, lines, the marshalled reply) on top of the
+# daemon's 30 MiB: at 8 MiB one GetLog(100000) raised its peak by 36 MiB
+# (issue 16, P4).  A client that wants more reads the file at @path.
+MAX_TAIL_BYTES = 2 << 20
 TAIL_BLOCK = 1 << 16
 
 
@@ -207,7 +210,11 @@ def tail(path: Path, lines: int, max_bytes: int = MAX_TAIL_BYTES) -> list[str]:
             got += len(chunk)
             end = start
     data = b"".join(reversed(chunks))
-    out = data.decode(errors="replace").splitlines()
+    del chunks                  # each copy is let go as soon as the next is made
+    text = data.decode(errors="replace")
+    del data
+    out = text.splitlines()
+    del text
     if end > 0 and out:
         out = out[1:]           # cut in the middle of a line: drop the fragment
     return out[-lines:]

@@ -83,6 +83,11 @@ class ManagerService:
         self._tasks: set[asyncio.Task] = set()
         self._timers: dict[Any, asyncio.TimerHandle] = {}
         self._closed = False
+        # GetLog answers one at a time, each once the previous has left
+        # (issue 16, P4): 40 concurrent calls queued 40 replies of up to
+        # build/log.py's MAX_TAIL_BYTES each and took the daemon to 400 MiB.
+        self._log_gate = asyncio.Lock()
+        self._last_sent: asyncio.Future | None = None
         interval = 1.0 / api.PROGRESS_RATE_HZ
         self.progress = Throttle(interval)
         self.status_cache = StatusCache(lambda: [wire.status(self.core.status())])
@@ -118,6 +123,7 @@ class ManagerService:
     def _send(self, msg: Message) -> bool:
         try:
             fut = self.bus.send(msg)
+            self._last_sent = fut
         except Exception as e:  # a value D-Bus cannot carry, or the bus is gone
             log.error("cannot send", member=msg.member, error=f"{type(e).__name__}: {e}")
             return False
@@ -249,9 +255,14 @@ class ManagerService:
         self.core.cancel(job_id)
         return []
 
-    def _do_GetLog(self, job_id: int, kernel: str, lines: int) -> list:
-        path, tail = self.core.get_log(job_id, kernel, lines)
-        return [wire.text(str(path)), [wire.text(line) for line in tail]]
+    async def _do_GetLog(self, job_id: int, kernel: str, lines: int) -> list:
+        async with self._log_gate:
+            if self._last_sent is not None and not self._last_sent.done():
+                # dbus-fast writes in order: once the last message handed to
+                # it has left, so has the previous GetLog's answer.
+                await asyncio.wait([self._last_sent])
+            path, tail = self.core.get_log(job_id, kernel, lines)
+            return [wire.text(str(path)), [wire.text(line) for line in tail]]
 
     def _do_Cleanup(self, keep: int, execute: bool) -> list:
         return [[wire.text(str(p)) for p in self.core.cleanup(keep, bool(execute))]]
