@@ -111,12 +111,17 @@ def content_hash(tree: Path) -> str:
     calls) and changes whenever an unpack or a checkout changes a file.
     """
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(tree):
+    top = os.fspath(tree)
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames.sort()
+        # The same text as Path(dirpath, name).relative_to(tree) gave (the
+        # digests in installed manifests stay valid), without a Path per file:
+        # this runs on every boot (wait-ready) and every rescan.
+        rel = os.path.relpath(dirpath, top)
+        prefix = "" if rel == "." else rel + "/"
         for name in sorted(filenames):
-            p = Path(dirpath) / name
-            st = p.lstat()
-            h.update(f"{p.relative_to(tree)}\0{st.st_size}\0{st.st_mode}\0{st.st_mtime_ns}\n"
+            st = os.lstat(os.path.join(dirpath, name))
+            h.update(f"{prefix}{name}\0{st.st_size}\0{st.st_mode}\0{st.st_mtime_ns}\n"
                      .encode(errors="surrogateescape"))
     return h.hexdigest()[:16]
 
