@@ -237,9 +237,10 @@ def check_tree(tree: Path, what: str = "source") -> Path:
     def walk_error(e: OSError) -> None:
         raise refuse(f"cannot read {e.filename}: {e.strerror}")
 
+    # Path strings, not a Path per entry: wait-ready walks NVIDIA's tree on every boot.
     for dirpath, dirnames, filenames in os.walk(top, onerror=walk_error):
         for name in dirnames + filenames:
-            entry = Path(dirpath) / name
+            entry = os.path.join(dirpath, name)
             st = os.lstat(entry)
             if (p := problem(st)):
                 raise refuse(f"{entry} is {p}")
