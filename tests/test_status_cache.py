@@ -12,13 +12,14 @@ adapter's own counter (StatusCache.computed); nothing is timed.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from dbus_fast import Message, MessageType
 
 from helpers import need_kernels
 from nvkmd import api
 from nvkmd.bus.service import ManagerService
-from nvkmd.bus.statuscache import StatusCache
+from nvkmd.bus.statuscache import StatusCache, front
 from nvkmd.config import Config
 from nvkmd.daemon.core import Core
 from nvkmd.dbusconn import open_bus
@@ -119,3 +120,95 @@ def test_kept_body_is_made_safe_once_and_sent_without_another_walk():
     assert dbusconn._marshallable(msg) is msg
     other = Message(path="/", interface="a.b", member="c", signature="s", body=["\u00e9"])
     assert (dbusconn._marshallable(other) is other) is not dbusconn.MARSHALS_CHARACTERS
+
+
+def test_cached_reply_is_the_bytes_dbus_fast_would_send():
+    """The kept body behind a header written per call (replywire) is,
+    byte for byte, the reply dbus-fast itself marshals, for senders of
+    every length the header's padding depends on."""
+    from dbus_fast import Variant
+
+    from nvkmd.bus.replywire import CachedReply, body_bytes
+    from nvkmd.dbusconn import marshallable
+    body = marshallable([{"kernels": Variant("aa{sv}", [{"release": Variant("s", "6.1.0-\u00e9")}]),
+                          "n": Variant("x", 3)}])
+    data = body_bytes("a{sv}", body)
+    for sender in (":1.1", ":1.12", ":1.123", ":1.1234", ":1.12345", ":1.123456", ":12.34567"):
+        for serial in (1, 4096, 2 ** 32 - 1):
+            call = Message(destination=api.BUS_NAME, path=api.OBJECT_PATH, interface=api.INTERFACE,
+                           member="GetStatus", serial=serial)
+            call.sender = sender
+            ours, theirs = CachedReply(call, b"a{sv}", data), Message.new_method_return(call, "a{sv}", body)
+            ours.serial = theirs.serial = 77
+            assert ours._marshall(False) == bytes(theirs._marshall(False)), (sender, serial)
+
+
+# Debian's system.conf lets root monitor the system bus (dbus-monitor).
+ROOT_MAY_MONITOR = """<busconfig><policy user="root">
+  <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+</policy></busconfig>
+"""
+
+
+def test_get_status_sends_the_kept_bytes_and_asks_the_bus_nothing(root, tmp_path, bus_factory):
+    """Per call: no marshalling (the kept bytes, the same object each time),
+    no message of the daemon's own but the reply (no credentials lookup, no
+    polkit): counted by a real dbus-monitor on the bus."""
+    import subprocess
+    import threading
+
+    from harness.waiting import until
+    k = need_kernels(1)[-1]
+    root.add_tiny_source()
+    root.add_kernel(k)
+    (tmp_path / "monitor.conf").write_text(ROOT_MAY_MONITOR)
+    bus = bus_factory(includes=(tmp_path / "monitor.conf",))
+    n = 100                  # under the bus's 128 pending replies per connection
+
+    async def main():
+        paths = Paths.build(root.path)
+        config = Config.load(paths.config_file)
+        core = Core(Paths.build(root.path, config=config), config)
+        await core.start()
+        server = await open_bus(bus.address)
+        client = await open_bus(bus.address)
+        service = ManagerService(core, server)
+        server.add_message_handler(front(service))   # as bus.serve does
+        await server.request_name(api.BUS_NAME)
+        call = lambda: client.call(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
+                                           interface=api.INTERFACE, member="GetStatus"))
+        monitor = subprocess.Popen(["dbus-monitor", "--address", bus.address],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(monitor.stdout), daemon=True)
+        reader.start()
+        seen = lambda text: lambda: any(text in ln for ln in lines)
+        try:
+            first = await call()
+            cache = service.status_cache
+            kept, marshalled = cache.wire(), cache.marshalled
+            # Attached once it has lost its own name to BecomeMonitor.
+            await until(seen("member=NameLost"), 30, "dbus-monitor to attach: " + "".join(lines))
+            start = len(lines)
+            replies = await asyncio.gather(*(call() for _ in range(n)))
+            # A marker from the daemon's connection ends what the monitor must show.
+            await server.send(Message.new_signal("/t", "t.T", "End"))
+            await until(seen("member=End"), 30, "the monitor to show the marker")
+            bad = [r for r in replies if r.message_type is not MessageType.METHOD_RETURN
+                   or r.body != first.body]
+            assert not bad, (bad[0].message_type, bad[0].body)
+            assert cache.wire() is kept and cache.marshalled == marshalled
+            me = f" sender={server.unique_name} "
+            sent = [ln for ln in lines[start:] if ln.startswith(("method", "signal", "error"))
+                    and me in ln]
+            kinds = Counter(ln.split(" time=")[0] for ln in sent)
+            assert kinds == Counter({"method return": n, "signal": 1}), kinds
+        finally:
+            monitor.terminate()
+            monitor.wait(timeout=10)
+            service.close()
+            client.disconnect()
+            server.disconnect()
+            await core.stop()
+
+    asyncio.run(main())

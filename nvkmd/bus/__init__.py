@@ -16,6 +16,7 @@ from dbus_fast.errors import DBusError
 from nvkmd import api
 from nvkmd.bus.logind import ShutdownInhibitor
 from nvkmd.bus.service import ManagerService
+from nvkmd.bus.statuscache import front
 from nvkmd.dbusconn import open_bus
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.model import CoreAPI
@@ -37,7 +38,7 @@ async def serve(core: CoreAPI, bus: str, on_serving: Callable[[], None] = lambda
     conn = await connect(bus)
     service = ManagerService(core, conn)
     # Answer and publish before owning the name, so no early caller is lost.
-    conn.add_message_handler(service.handle)
+    conn.add_message_handler(front(service))
     core.subscribe(service.on_event)
     try:
         try:
