@@ -15,6 +15,7 @@ from dbus_fast.errors import DBusError
 
 from nvkmd import api
 from nvkmd.bus.logind import ShutdownInhibitor
+from nvkmd.bus.sendorder import in_order
 from nvkmd.bus.service import ManagerService
 from nvkmd.bus.statuscache import front
 from nvkmd.dbusconn import open_bus
@@ -36,6 +37,7 @@ async def serve(core: CoreAPI, bus: str, on_serving: Callable[[], None] = lambda
     ``on_serving`` is called once the name is owned (the daemon tells
     systemd it is ready only then, so a client started after READY=1 finds it)."""
     conn = await connect(bus)
+    in_order(conn)
     service = ManagerService(core, conn)
     # Answer and publish before owning the name, so no early caller is lost.
     conn.add_message_handler(front(service))
