@@ -83,11 +83,8 @@ class ManagerService:
         self._tasks: set[asyncio.Task] = set()
         self._timers: dict[Any, asyncio.TimerHandle] = {}
         self._closed = False
-        # GetLog answers one at a time, each once the previous has left
-        # (issue 16, P4): 40 concurrent calls queued 40 replies of up to
-        # build/log.py's MAX_TAIL_BYTES each and took the daemon to 400 MiB.
-        self._log_gate = asyncio.Lock()
-        self._last_sent: asyncio.Future | None = None
+        # GetLog answers one at a time, each once what was sent before has left (issue 16, P4).
+        self._log_gate, self._last_sent = asyncio.Lock(), None
         interval = 1.0 / api.PROGRESS_RATE_HZ
         self.progress = Throttle(interval)
         self.status_cache = StatusCache(lambda: [wire.status(self.core.status())])
@@ -256,10 +253,8 @@ class ManagerService:
         return []
 
     async def _do_GetLog(self, job_id: int, kernel: str, lines: int) -> list:
-        async with self._log_gate:
-            if self._last_sent is not None and not self._last_sent.done():
-                # dbus-fast writes in order: once the last message handed to
-                # it has left, so has the previous GetLog's answer.
+        async with self._log_gate:      # 40 answers queued at once took the daemon to 400 MiB
+            if self._last_sent is not None:     # dbus-fast writes in order
                 await asyncio.wait([self._last_sent])
             path, tail = self.core.get_log(job_id, kernel, lines)
             return [wire.text(str(path)), [wire.text(line) for line in tail]]
