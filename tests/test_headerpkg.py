@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import aptrepo
+from helpers import REPO
 from nvkmd.errors import ErrorCode, NvkmdError
 from nvkmd.system import headerpkg
 
@@ -162,3 +164,30 @@ ln -s /usr/src/kernels/6.8.1-300.fc40.x86_64 %{buildroot}/usr/lib/modules/6.8.1-
     finally:
         u.remove()
     assert subprocess.run(["rpm2cpio", str(rpm)], capture_output=True).returncode == 0
+
+
+def test_a_big_package_is_listed_by_a_child_not_held_in_the_caller(tmp_path):
+    """tarfile keeps a TarInfo per member: 10,000 of Debian's headers package
+    were 6.6 MiB more at every preflight (issue 16, P4).  The caller counts
+    them all, holds next to nothing, and never loads tarfile itself."""
+    def many(tree: Path) -> None:
+        fake_headers(tree)
+        d = tree / "usr/src/linux-headers-9.9.9-test/include"
+        d.mkdir(parents=True)
+        for i in range(6000):
+            (d / f"h{i:05d}.h").write_text("")
+    archive = deb(tmp_path, "linux-headers-9.9.9-test", many)
+    probe = ("import sys, tracemalloc\n"
+             "from pathlib import Path\n"
+             "from nvkmd.system import headerpkg\n"
+             "tracemalloc.start()\n"
+             "n = headerpkg.check_archive(Path(sys.argv[1]), 'deb', Path(sys.argv[2]))\n"
+             "print(n, tracemalloc.get_traced_memory()[1], 'tarfile' in sys.modules)\n")
+    (tmp_path / "scratch").mkdir()
+    r = subprocess.run([sys.executable, "-c", probe, str(archive), str(tmp_path / "scratch")],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    count, peak, loaded = r.stdout.split()
+    assert int(count) > 6000
+    assert int(peak) < 1 << 20, f"the caller held {int(peak) >> 20} MiB listing the package"
+    assert loaded == "False"
