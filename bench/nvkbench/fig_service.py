@@ -4,6 +4,7 @@ autoinstall) and P8 (D-Bus under load), against one daemon at rest."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -154,19 +155,29 @@ def p8(ctx: Context) -> stats.Figure:
     rates: dict[int, stats.Summary] = {}
     errors: dict[str, int] = {}
     samples: dict[str, list[float]] = {}
+    # CPU per call at 100 clients, the daemon's and the load process's: which
+    # side of the bus runs out first on this machine's CPUs.
+    cpu_us: dict[str, list[float]] = {"nvkmd": [], "load": [], "nvkmd_during_getid": [], "load_getid": []}
+
+    def level(n: int, target: str = "nvkmd") -> float:
+        c0 = cpu_seconds(svc.daemon.pid)
+        r = _load(addr, "rate", str(n), str(seconds), target)
+        per = 1e6 / max(1, r["calls"])
+        if n == 100:
+            cpu_us["nvkmd" if target == "nvkmd" else "nvkmd_during_getid"].append(
+                (cpu_seconds(svc.daemon.pid) - c0) * per)
+            cpu_us["load" if target == "nvkmd" else "load_getid"].append(r.get("cpu_s", 0) * per)
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+        return r["calls"] / r["elapsed"]
     for n in (1, 10, 100):
-        got = []
-        for _ in range(reps):
-            r = _load(addr, "rate", str(n), str(seconds))
-            got.append(r["calls"] / r["elapsed"])
-            for k, v in r["errors"].items():
-                errors[k] = errors.get(k, 0) + v
+        got = [level(n) for _ in range(reps)]
         rates[n] = stats.summarize(got)
         samples[f"nvkmd_{n}"] = got
-    anchor = [(lambda r: r["calls"] / r["elapsed"])(_load(addr, "rate", "100", str(seconds), "bus"))
-              for _ in range(reps)]
+    anchor = [level(100, "bus") for _ in range(reps)]
     a = stats.summarize(anchor)
     samples["bus_getid_100"] = anchor
+    decode = _load(addr, "decode")
     # One client's flood must not starve another: a second client's call
     # latency, alone and while 100 connections of another process flood.
     quiet = _load(addr, "latency", str(seconds / 2))
@@ -181,11 +192,15 @@ def p8(ctx: Context) -> stats.Figure:
     log(f"P8: {calls} concurrent GetStatus calls from one client")
     b = _load(addr, "burst", str(calls))
     still = svc.daemon.alive() and bus_owner(addr) == svc.unique_name
-    answer = subprocess.run([*nvkmctl(), "--bus", addr, "status", "--json"], capture_output=True,
-                            text=True, timeout=60).returncode == 0
+    after = subprocess.run([*nvkmctl(), "--bus", addr, "status", "--json"], capture_output=True,
+                           text=True, timeout=60)
+    answer = after.returncode == 0
     data = {"calls_per_s": {str(n): rates[n].to_dict() for n in rates}, "seconds_per_level": seconds,
             "bus_getid_100_per_s": a.to_dict(), "errors": errors, "burst": b,
             "stayed_on_bus": still, "answering_after_burst": answer, "samples": samples,
+            "after_burst_error": "" if answer else (after.stderr or after.stdout)[-400:],
+            "cpu_us_per_call_100": {k: stats.summarize(v).to_dict() for k, v in cpu_us.items() if v},
+            "client_decode": decode,
             "other_client": {"quiet": quiet, "during_flood": during,
                              "flood_calls_per_s": flooded["calls"] / flooded["elapsed"]}}
     levels = ", ".join(f"{stats.fmt(rates[n], '', 0).strip()}/s @{n}" for n in rates)
@@ -197,6 +212,12 @@ def p8(ctx: Context) -> stats.Figure:
                      f"{during['median_s'] * 1000:.1f} ms, p95 {during['p95_s'] * 1000:.1f} ms, max "
                      f"{during['max_s'] * 1000:.1f} ms ({during['calls']} calls); alone "
                      f"{quiet['median_s'] * 1000:.1f} ms")
+    med = {k: stats.summarize(v).median for k, v in cpu_us.items() if v}
+    fig.notes.append(f"CPU per GetStatus call at 100 clients: nvkmd {med.get('nvkmd', 0):.0f} us, the load "
+                     f"process {med.get('load', 0):.0f} us (its GetId calls {med.get('load_getid', 0):.0f} us); "
+                     f"dbus-fast alone reads a GetStatus reply ({decode['getstatus_reply_bytes']} bytes) in "
+                     f"{decode['getstatus_unmarshal_us']:.0f} us, a GetId reply in "
+                     f"{decode['getid_unmarshal_us']:.1f} us; {os.cpu_count()} CPUs shared by bus, nvkmd and load")
     fig.notes.append(f"private dbus-daemon with the system bus's policy and limits, except "
                      f"max_replies_per_connection={svc.bus.limits.get('max_replies_per_connection')} "
                      "(stock: 128) so that every concurrent call reaches nvkmd; one load process")

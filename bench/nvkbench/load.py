@@ -9,6 +9,10 @@
       one connection, one GetStatus call at a time for SECONDS: each call's
       latency (P8 runs it beside a flood from another process, so one
       client's flood is seen not to starve another client).
+  python load.py ADDRESS decode
+      the CPU cost of dbus-fast reading one GetStatus reply and one GetId
+      reply (unmarshalling their bytes, in microseconds): what every client,
+      this one included, pays per call before the server is even asked.
 
 Prints one JSON object: calls, errors (by name), elapsed seconds.  Talks to
 the private bus at ADDRESS only; every loop is bounded in time or count.
@@ -49,13 +53,13 @@ async def rate(address: str, n: int, seconds: float, target: str) -> dict:
             except NvkmdError as e:
                 errors[e.code.value] += 1
     tasks = [asyncio.create_task(one(c)) for c in conns]
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     start.set()
     await asyncio.gather(*tasks)
-    elapsed = time.monotonic() - t0
+    elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
     for c in conns:
         c.close()
-    return {"calls": calls, "errors": dict(errors), "elapsed": elapsed, "clients": n}
+    return {"calls": calls, "errors": dict(errors), "elapsed": elapsed, "clients": n, "cpu_s": cpu}
 
 
 async def burst(address: str, n: int) -> dict:
@@ -95,11 +99,41 @@ async def latency(address: str, seconds: float) -> dict:
             "median_s": q(0.5), "p95_s": q(0.95), "max_s": times[-1] if times else 0.0}
 
 
+async def decode(address: str) -> dict:
+    import io
+
+    from dbus_fast import Message
+    from dbus_fast._private.unmarshaller import Unmarshaller
+
+    from nvkmd import api
+    from nvkmd.dbusconn import open_bus
+    bus = await open_bus(address)
+    replies = {
+        "getstatus": await bus.call(Message(destination=api.BUS_NAME, path=api.OBJECT_PATH,
+                                            interface=api.INTERFACE, member="GetStatus")),
+        "getid": await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                        interface="org.freedesktop.DBus", member="GetId"))}
+    bus.disconnect()
+    out: dict = {}
+    for name, msg in replies.items():
+        data = bytes(msg._marshall(False))
+        n = 300 if len(data) > 4096 else 5000
+        t0 = time.process_time()
+        for _ in range(n):
+            if Unmarshaller(io.BytesIO(data)).unmarshall() is None:
+                raise RuntimeError(f"{name}: dbus-fast read no message from its own bytes")
+        out[f"{name}_unmarshal_us"] = (time.process_time() - t0) / n * 1e6
+        out[f"{name}_reply_bytes"] = len(data)
+    return out
+
+
 def main() -> None:
     address, mode = sys.argv[1], sys.argv[2]
     if mode == "rate":
         out = asyncio.run(rate(address, int(sys.argv[3]), float(sys.argv[4]),
                                sys.argv[5] if len(sys.argv) > 5 else "nvkmd"))
+    elif mode == "decode":
+        out = asyncio.run(decode(address))
     elif mode == "latency":
         out = asyncio.run(latency(address, float(sys.argv[3])))
     else:
