@@ -180,23 +180,48 @@ def _site_packages() -> list[str]:
     return [str(Path(dbus_fast.__file__).parent.parent)]
 
 
+_NOBODY_PYTHON: list[tuple[list[str], dict[str, str]]] = []
+
+
+def _readable_copy() -> Path:
+    """nvkmd copied where nobody may read it (root's, 0755), removed at exit:
+    for a checkout nobody cannot enter (a clone under /root or mktemp -d)."""
+    import atexit
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix="nvkmd-for-nobody-"))
+    atexit.register(shutil.rmtree, top, True)
+    top.chmod(0o755)
+    shutil.copytree(REPO / "nvkmd", top / "nvkmd",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for d in [top, *(p for p in (top / "nvkmd").rglob("*") if p.is_dir())]:
+        d.chmod(0o755)
+    return top
+
+
 def nobody_python() -> tuple[list[str], dict[str, str]]:
     """A Python interpreter the user nobody can run, with nvkmd and its
     dependencies importable: the test's own, or (when it lives somewhere
-    nobody cannot enter, e.g. under /root) the system's of the same version."""
-    env = {"HOME": "/", "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": os.pathsep.join([str(REPO), *_site_packages()]),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    nobody cannot enter, e.g. under /root) the system's of the same version;
+    nvkmd from the checkout, or from a readable copy of it."""
+    if _NOBODY_PYTHON:
+        return _NOBODY_PYTHON[0]
     want = f"{sys.version_info[0]}.{sys.version_info[1]}"
     candidates = [sys.executable, shutil.which(f"python{want}", path="/usr/bin:/bin") or ""]
     tried = []
-    for py in filter(None, candidates):
-        r = subprocess.run([*NOBODY, "env", "-i", *(f"{k}={v}" for k, v in env.items()), py, "-c",
-                            "import sys, nvkmd.clients.manager; print('%d.%d' % sys.version_info[:2])"],
-                           capture_output=True, text=True)
-        if r.returncode == 0 and r.stdout.strip() == want:
-            return [py], env
-        tried.append(f"{py}: {(r.stderr or r.stdout).strip().splitlines()[-1:] or r.returncode}")
+    for where in (lambda: REPO, _readable_copy):
+        env = {"HOME": "/", "PATH": "/usr/bin:/bin",
+               "PYTHONPATH": os.pathsep.join([str(where()), *_site_packages()]),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        for py in filter(None, candidates):
+            r = subprocess.run([*NOBODY, "env", "-i", *(f"{k}={v}" for k, v in env.items()), py,
+                                "-c", "import sys, nvkmd.clients.manager; "
+                                "print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True, cwd="/")
+            if r.returncode == 0 and r.stdout.strip() == want:
+                _NOBODY_PYTHON.append(([py], env))
+                return [py], env
+            tried.append(f"{py} with {env['PYTHONPATH']}: "
+                         f"{(r.stderr or r.stdout).strip().splitlines()[-1:] or r.returncode}")
     pytest.fail("no Python interpreter runnable by the user nobody can import nvkmd "
                 f"(Python {want} needed): " + "; ".join(tried))
 
@@ -208,7 +233,7 @@ def as_nobody(args: list[str], timeout: float = 60, python: bool = True) -> subp
         cmd = [*NOBODY, "env", "-i", *(f"{k}={v}" for k, v in env.items()), *py, *args]
     else:
         cmd = [*NOBODY, "env", "-i", "HOME=/", "PATH=/usr/bin:/bin", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/",
                           stdin=subprocess.DEVNULL)
 
 
