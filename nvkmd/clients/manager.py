@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from nvkmd import api
-from nvkmd.clients.quick import CALL_TIMEOUT_S
-from nvkmd.clients.quick import error as _error
-from nvkmd.dbusconn import DBUS, CallError, CallTimeout, Connection, ConnectionLost, name_owner, unwrap
+from nvkmd.clients.quick import CALL_TIMEOUT_S, FAILED_CALL, failure
+from nvkmd.dbusconn import DBUS, Connection, name_owner, unwrap
 from nvkmd.dbusconn import connect as connect_bus
 from nvkmd.errors import ErrorCode, NvkmdError, invalid
 from nvkmd.model import (
@@ -73,14 +72,8 @@ class Client:
         try:
             return await self.conn.call(dest, path, iface, member, signature, body,
                                         timeout=timeout, interactive=interactive)
-        except CallTimeout:
-            raise NvkmdError(ErrorCode.UNREACHABLE, f"nvkmd did not answer within {timeout:.0f}s") \
-                from None
-        except ConnectionLost as e:
-            raise NvkmdError(ErrorCode.UNREACHABLE,
-                             f"lost the connection to {api.describe_bus(self.bus)}: {e}") from None
-        except CallError as e:
-            raise _error(e.name, e.text, self.bus) from None
+        except FAILED_CALL as e:
+            raise failure(e, self.bus, timeout) from None
 
     async def call(self, member: str, *args: Any, interactive: bool = False,
                    timeout: float = CALL_TIMEOUT_S) -> list:

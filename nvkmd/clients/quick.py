@@ -37,20 +37,28 @@ def error(name: str, text: str, bus: str) -> NvkmdError:
     return NvkmdError(code, f"{name}: {text}")
 
 
+# How a call fails, on either connection (nvkmd.dbusconn takes these classes
+# from the one-call module).
+FAILED_CALL = (CallTimeout, ConnectionLost, CallError)
+
+
+def failure(e: Exception, bus: str, timeout: float) -> NvkmdError:
+    """One of FAILED_CALL as the NvkmdError a person can act on."""
+    if isinstance(e, CallError):
+        return error(e.name, e.text, bus)
+    if isinstance(e, CallTimeout):
+        return NvkmdError(ErrorCode.UNREACHABLE, f"nvkmd did not answer within {timeout:.0f}s")
+    return NvkmdError(ErrorCode.UNREACHABLE, f"lost the connection to {api.describe_bus(bus)}: {e}")
+
+
 def ask(bus: str, member: str, timeout: float = CALL_TIMEOUT_S) -> list:
     """The body of a Manager1 method without arguments; raises Unsupported
     where the one-call connection cannot reach ``bus``."""
     try:
         return call(bus, api.BUS_NAME, api.OBJECT_PATH, api.INTERFACE, member,
                     api.METHODS[member].in_signature, [], timeout=timeout)
-    except CallTimeout:
-        raise NvkmdError(ErrorCode.UNREACHABLE, f"nvkmd did not answer within {timeout:.0f}s") \
-            from None
-    except ConnectionLost as e:
-        raise NvkmdError(ErrorCode.UNREACHABLE,
-                         f"lost the connection to {api.describe_bus(bus)}: {e}") from None
-    except CallError as e:
-        raise error(e.name, e.text, bus) from None
+    except FAILED_CALL as e:
+        raise failure(e, bus, timeout) from None
 
 
 def status(bus: str) -> DaemonStatus:
