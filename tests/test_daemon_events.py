@@ -166,7 +166,6 @@ def test_sighup_reloads_the_config_and_a_bad_one_keeps_the_old(root, bus, bus_da
     assert d.stop() == 0
 
 
-
 def test_sigusr1_writes_every_threads_stack_and_the_daemon_goes_on(root, bus, bus_daemon):
     k = need_kernels(1)[-1]
     tiny(root)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-from pathlib import Path
 
-import pytest
 
 from harness.processes import pids_with
 from helpers import need_kernels, run_nvkmd
@@ -70,29 +67,12 @@ def test_hung_build_is_killed_at_the_timeout(root):
     assert not root.nvkmd_dir(k).exists()
 
 
-@pytest.fixture
-def tiny_tmpfs():
-    mounts: list[Path] = []
-
-    def mount(where: Path, size: str = "256k") -> Path:
-        where.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                        str(where)], check=True)
-        mounts.append(where)
-        # Fill it completely, as a full disk is.
-        subprocess.run(["dd", "if=/dev/zero", f"of={where}/filler", "bs=4k"],
-                       capture_output=True)
-        return where
-    yield mount
-    for m in reversed(mounts):
-        subprocess.run(["umount", "-l", str(m)], check=False)
-
 
 def test_full_log_dir_is_reported(root, tiny_tmpfs):
     k = need_kernels(1)[-1]
     root.add_kernel(k)
     root.add_tiny_source()
-    logdir = tiny_tmpfs(root.path / "var/log/nvkmd")
+    logdir = tiny_tmpfs(root.path / "var/log/nvkmd", fill=True)
     proc = run_nvkmd("--once", "--root", str(root.path))
     assert proc.returncode == 1
     assert f"{k}: failed: out of disk space" in proc.stdout
@@ -104,7 +84,7 @@ def test_full_cache_dir_is_reported_and_nothing_installed(root, tiny_tmpfs):
     k = need_kernels(1)[-1]
     root.add_kernel(k)
     root.add_tiny_source()
-    tiny_tmpfs(root.path / "var/lib/nvkmd/cache")
+    tiny_tmpfs(root.path / "var/lib/nvkmd/cache", fill=True)
     proc = run_nvkmd("--once", "--root", str(root.path))
     assert proc.returncode == 1
     assert f"{k}: failed: out of disk space" in proc.stdout

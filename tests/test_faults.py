@@ -65,20 +65,6 @@ def test_the_store_keeps_a_database_it_cannot_judge(tmp_path):
     assert db.exists() and not list(tmp_path.glob("*.corrupt-*"))
 
 
-@pytest.fixture
-def tiny_tmpfs():
-    mounts: list[Path] = []
-
-    def mount(where: Path, size: str = "256k") -> Path:
-        where.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                        str(where)], check=True)
-        mounts.append(where)
-        return where
-    yield mount
-    for m in reversed(mounts):
-        subprocess.run(["umount", "-l", str(m)], check=False)
-
 
 def test_a_full_state_dir_is_reported_with_its_cause(tmp_path, tiny_tmpfs):
     state = tiny_tmpfs(tmp_path / "state")

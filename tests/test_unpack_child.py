@@ -15,7 +15,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pytest
 
 from helpers import REPO, TINY
 
@@ -115,20 +114,6 @@ def test_an_unsafe_member_is_a_source_error_naming_it(root):
     assert not (sources.parent / "escaped-nvkmd-unpack").exists()
     assert not list(sources.glob("*")), "the half-unpacked copy was left behind"
 
-
-@pytest.fixture
-def tiny_tmpfs():
-    mounts: list[Path] = []
-
-    def mount(where: Path, size: str) -> Path:
-        where.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                        str(where)], check=True)
-        mounts.append(where)
-        return where
-    yield mount
-    for m in reversed(mounts):
-        subprocess.run(["umount", "-l", str(m)], check=False)
 
 
 def test_a_full_cache_while_unpacking_is_disk_full(root, tiny_tmpfs):
