@@ -51,6 +51,12 @@ class NvkmdDaemon(LoggedProcess):
         try:
             con.row_factory = sqlite3.Row
             return [dict(r) for r in con.execute("SELECT * FROM jobs ORDER BY id")]
+        except sqlite3.OperationalError as e:
+            # A (re)started daemon has created the file but not yet its
+            # schema: no jobs yet, as before the file existed.
+            if "no such table" in str(e):
+                return []
+            raise
         finally:
             con.close()
 
